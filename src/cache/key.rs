@@ -1,0 +1,111 @@
+//! Cache keys: scheme + host + path + query, framed so no two different URLs share a key.
+//!
+//! HTTP/1.1 requests carry the host in `Host` and the path in an origin-form URI; HTTP/2
+//! requests carry both in the URI. [`CacheTarget`] extracts the same components from either, so
+//! one URL maps to one entry whatever the client protocol. GET and HEAD share the entry (the
+//! method is not part of the key; pingora fetches HEAD misses as GET).
+
+use pingora::cache::CacheKey;
+use pingora::http::RequestHeader;
+
+/// The URL components that identify a cached resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheTarget {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Lower-cased host without port.
+    pub host: String,
+    /// Path and query exactly as requested (`/` when empty).
+    pub path_and_query: String,
+}
+
+impl CacheTarget {
+    /// The target of a request, or `None` when it has no usable host or path (e.g. `OPTIONS *`).
+    pub fn of_request(req: &RequestHeader, scheme: &'static str) -> Option<CacheTarget> {
+        let host = crate::proxy::routing::request_host(req)?;
+        let path_and_query = req.uri.path_and_query()?.as_str();
+        if !path_and_query.starts_with('/') {
+            return None;
+        }
+        Some(CacheTarget {
+            scheme,
+            host,
+            path_and_query: path_and_query.to_string(),
+        })
+    }
+
+    /// The same host and scheme with another path (used to invalidate `Location` targets).
+    pub fn with_path(&self, path_and_query: &str) -> CacheTarget {
+        CacheTarget {
+            scheme: self.scheme,
+            host: self.host.clone(),
+            path_and_query: path_and_query.to_string(),
+        }
+    }
+}
+
+/// Builds the pingora cache key of a target.
+///
+/// Each component is length-prefixed, so `("a", "bc")` and `("ab", "c")` differ.
+pub fn cache_key(target: &CacheTarget) -> CacheKey {
+    let parts = [
+        target.scheme.as_bytes(),
+        target.host.as_bytes(),
+        target.path_and_query.as_bytes(),
+    ];
+    let mut primary = Vec::with_capacity(12 + parts.iter().map(|p| p.len()).sum::<usize>());
+    for part in parts {
+        primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        primary.extend_from_slice(part);
+    }
+    CacheKey::new(primary, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::key::CacheHashKey;
+
+    fn target(host: &str, path: &str) -> CacheTarget {
+        CacheTarget {
+            scheme: "http",
+            host: host.into(),
+            path_and_query: path.into(),
+        }
+    }
+
+    #[test]
+    fn h1_and_h2_forms_give_one_key() {
+        let mut h1 = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        h1.insert_header("Host", "Example.com:8080").unwrap();
+        let mut h2 = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        h2.set_uri(http::Uri::from_static("http://example.com:8080/a?b=1"));
+        let t1 = CacheTarget::of_request(&h1, "http").unwrap();
+        let t2 = CacheTarget::of_request(&h2, "http").unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(cache_key(&t1).primary_bin(), cache_key(&t2).primary_bin());
+    }
+
+    #[test]
+    fn component_boundaries_are_framed() {
+        let a = cache_key(&target("ab", "/c"));
+        let b = cache_key(&target("a", "b/c"));
+        assert_ne!(a.primary_bin(), b.primary_bin());
+    }
+
+    #[test]
+    fn query_and_scheme_are_part_of_the_key() {
+        let plain = cache_key(&target("h", "/p"));
+        assert_ne!(plain.primary_bin(), cache_key(&target("h", "/p?x")).primary_bin());
+        let mut https = target("h", "/p");
+        https.scheme = "https";
+        assert_ne!(plain.primary_bin(), cache_key(&https).primary_bin());
+    }
+
+    #[test]
+    fn asterisk_form_has_no_target() {
+        let mut req = RequestHeader::build("OPTIONS", b"*", None).unwrap();
+        req.insert_header("Host", "h").unwrap();
+        assert!(CacheTarget::of_request(&req, "http").is_none());
+    }
+}

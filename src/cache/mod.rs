@@ -1,0 +1,13 @@
+//! The HTTP cache: storage on moka, cache keys, cacheability policy and variants.
+//!
+//! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
+//! Range on hits); this module supplies the parts it leaves to the application.
+
+pub mod key;
+pub mod policy;
+pub mod storage;
+pub mod vary;
+
+pub use key::{cache_key, CacheTarget};
+pub use policy::CachePolicy;
+pub use storage::MokaStorage;

@@ -1,0 +1,277 @@
+//! Cacheability and freshness (RFC 9111), as pure functions over request and response headers.
+//!
+//! pingora parses `Cache-Control`; this module decides what to store and for how long:
+//! `CDN-Cache-Control` (RFC 9213) ahead of `Cache-Control`, `Age` and `Date` folded into the
+//! entry's age, `Expires` relative to `Date`, heuristic freshness only for heuristically cacheable
+//! statuses with `Last-Modified`, and the shared-cache rules for `Authorization`, `Set-Cookie`
+//! and `Vary: *`. It also applies the request directives pingora leaves alone (`no-cache`,
+//! `max-age`, `min-fresh`, `max-stale`).
+
+use std::time::{Duration, SystemTime};
+
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::filters::calculate_serve_stale_durations;
+use pingora::cache::{CacheMeta, CacheMetaDefaults, ForcedFreshness, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::CacheSettings;
+
+/// Response header that overrides `Cache-Control` for CDNs (RFC 9213); never sent downstream.
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
+/// Statuses that may be stored with heuristic freshness (RFC 9110 §15.1), minus 206: partial
+/// responses are never stored because misses are fetched whole.
+const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Statuses that may be stored when the origin gives an explicit lifetime.
+const STORABLE_STATUSES: [u16; 15] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 451, 501,
+];
+
+/// Why a response is not stored (reported as the `NoCacheReason`).
+mod reason {
+    pub const REQUEST_NO_STORE: &str = "request no-store";
+    pub const STATUS: &str = "status not storable";
+    pub const VARY_STAR: &str = "Vary: *";
+    pub const SET_COOKIE: &str = "Set-Cookie";
+    pub const AUTHORIZATION: &str = "Authorization without public";
+    pub const NO_LIFETIME: &str = "no freshness information";
+}
+
+/// Whether a reason for not storing comes from the request rather than the response: such
+/// reasons must not teach the predictor that the URL is uncacheable for everyone.
+pub fn is_request_specific_reason(reason: &'static str) -> bool {
+    reason == reason::REQUEST_NO_STORE || reason == reason::AUTHORIZATION
+}
+
+/// The freshness and stale defaults of one cache, applied to every response.
+pub struct CachePolicy {
+    defaults: CacheMetaDefaults,
+    heuristic_fraction: f64,
+    heuristic_max: Duration,
+}
+
+fn never_default(_: pingora::http::StatusCode) -> Option<Duration> {
+    None
+}
+
+impl CachePolicy {
+    /// The policy for the given cache settings.
+    pub fn new(settings: &CacheSettings) -> CachePolicy {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        CachePolicy {
+            defaults: CacheMetaDefaults::new(
+                never_default,
+                secs(settings.stale_while_revalidate),
+                secs(settings.stale_if_error),
+            ),
+            heuristic_fraction: settings.heuristic_fraction,
+            heuristic_max: settings.heuristic_max,
+        }
+    }
+
+    /// Decides whether `resp` (the answer to `req`) is stored, and builds its metadata.
+    pub fn response_cacheability(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        now: SystemTime,
+    ) -> RespCacheable {
+        use RespCacheable::Uncacheable;
+        let custom = |why| Uncacheable(NoCacheReason::Custom(why));
+        if CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store()) {
+            return custom(reason::REQUEST_NO_STORE);
+        }
+        if !STORABLE_STATUSES.contains(&resp.status.as_u16()) {
+            return custom(reason::STATUS);
+        }
+        if has_vary_star(resp) {
+            return custom(reason::VARY_STAR);
+        }
+        let cc = response_cache_control(resp);
+        if cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No) {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        if req.headers.contains_key("authorization")
+            && !cc.as_ref().is_some_and(|cc| cc.allow_caching_authorized_req())
+        {
+            return custom(reason::AUTHORIZATION);
+        }
+        if resp.headers.contains_key("set-cookie") && !strips_set_cookie(cc.as_ref()) {
+            return custom(reason::SET_COOKIE);
+        }
+        let Some(lifetime) = self.freshness_lifetime(cc.as_ref(), resp, now) else {
+            return custom(reason::NO_LIFETIME);
+        };
+        let created = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
+        let fresh_until = if lifetime.is_zero() {
+            created.checked_sub(Duration::from_secs(1)).unwrap_or(created)
+        } else {
+            created + lifetime
+        };
+        let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &self.defaults);
+        let mut header = resp.clone();
+        if let Some(cc) = &cc {
+            cc.strip_private_headers(&mut header);
+        }
+        RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, header))
+    }
+
+    /// The freshness lifetime (RFC 9111 §4.2.1), or `None` when the response gives none and no
+    /// heuristic applies.
+    fn freshness_lifetime(
+        &self,
+        cc: Option<&CacheControl>,
+        resp: &ResponseHeader,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        if let Some(ttl) = cc.and_then(|cc| cc.fresh_duration()) {
+            return Some(ttl);
+        }
+        if resp.headers.contains_key("expires") {
+            return Some(expires_lifetime(resp, now));
+        }
+        self.heuristic_lifetime(resp, now)
+    }
+
+    /// RFC 9111 §4.2.2: a fraction of the time since `Last-Modified`, capped.
+    fn heuristic_lifetime(&self, resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+        if !HEURISTIC_STATUSES.contains(&resp.status.as_u16()) {
+            return None;
+        }
+        let last_modified = header_date(resp, "last-modified")?;
+        let date = header_date(resp, "date").unwrap_or(now);
+        let since_modified = date.duration_since(last_modified).ok()?;
+        Some(
+            since_modified
+                .mul_f64(self.heuristic_fraction)
+                .min(self.heuristic_max),
+        )
+    }
+}
+
+/// `CDN-Cache-Control` when present, else `Cache-Control`.
+pub fn response_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
+    if resp.headers.contains_key(CDN_CACHE_CONTROL) {
+        CacheControl::from_resp_headers_named(CDN_CACHE_CONTROL, resp)
+    } else {
+        CacheControl::from_resp_headers(resp)
+    }
+}
+
+fn has_vary_star(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get_all("vary")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim() == "*")
+}
+
+/// A `Set-Cookie` response is shareable only when `private="set-cookie"` or
+/// `no-cache="set-cookie"` tells the cache to drop the header from the stored copy.
+fn strips_set_cookie(cc: Option<&CacheControl>) -> bool {
+    let Some(cc) = cc else { return false };
+    let lists_cookie = |names: Option<pingora::cache::cache_control::ListValueIter>| {
+        names.is_some_and(|mut names| names.any(|n| n.eq_ignore_ascii_case(b"set-cookie")))
+    };
+    lists_cookie(cc.private_field_names()) || lists_cookie(cc.no_cache_field_names())
+}
+
+/// `Expires - Date`; an invalid or repeated `Expires` means already stale (RFC 9111 §5.3).
+fn expires_lifetime(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let mut values = resp.headers.get_all("expires").iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Duration::ZERO;
+    };
+    let Some(expires) = value
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return Duration::ZERO;
+    };
+    let date = header_date(resp, "date").unwrap_or(now);
+    expires.duration_since(date).unwrap_or_default()
+}
+
+/// The age of the response when it arrived (RFC 9111 §4.2.3, without the request delay):
+/// the larger of the origin's `Age` and the apparent age from `Date`.
+fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let age_value = resp
+        .headers
+        .get("age")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    let apparent = header_date(resp, "date")
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or_default();
+    age_value.max(apparent)
+}
+
+fn header_date(resp: &ResponseHeader, name: &str) -> Option<SystemTime> {
+    let value = resp.headers.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(value).ok()
+}
+
+/// What the request's own `Cache-Control` does to a stored response (RFC 9111 §5.2.1).
+///
+/// `no-cache`, `max-age` exceeded and `min-fresh` not met force revalidation; `max-stale`
+/// accepts a stale response unless the response demands revalidation.
+pub fn request_freshness(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<ForcedFreshness> {
+    let Some(cc) = CacheControl::from_req_headers(req) else {
+        return pragma_no_cache(req).then_some(ForcedFreshness::ForceExpired);
+    };
+    if cc.no_cache() {
+        return Some(ForcedFreshness::ForceExpired);
+    }
+    if let Ok(Some(max_age)) = cc.max_age() {
+        if meta.age() > Duration::from_secs(max_age.into()) || max_age == 0 {
+            return Some(ForcedFreshness::ForceExpired);
+        }
+    }
+    let fresh_for = meta.fresh_until().duration_since(now).ok();
+    if let Some(min_fresh) = directive_seconds(&cc, "min-fresh") {
+        if fresh_for.is_none_or(|left| left < Duration::from_secs(min_fresh)) {
+            return Some(ForcedFreshness::ForceExpired);
+        }
+    }
+    if fresh_for.is_none() && cc.has_key("max-stale") && !demands_revalidation(meta) {
+        let stale_for = now.duration_since(meta.fresh_until()).unwrap_or_default();
+        let accepted =
+            directive_seconds(&cc, "max-stale").is_none_or(|limit| stale_for <= Duration::from_secs(limit));
+        if accepted {
+            return Some(ForcedFreshness::ForceFresh);
+        }
+    }
+    None
+}
+
+/// Whether the request's `Cache-Control` has `only-if-cached`: answer from the cache or 504.
+pub fn only_if_cached(req: &RequestHeader) -> bool {
+    CacheControl::from_req_headers(req).is_some_and(|cc| cc.only_if_cached())
+}
+
+fn pragma_no_cache(req: &RequestHeader) -> bool {
+    req.headers
+        .get("pragma")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+}
+
+fn directive_seconds(cc: &CacheControl, name: &str) -> Option<u64> {
+    let key = pingora::cache::cache_control::DirectiveKey::from_lowercase(name);
+    let value = cc.directives.get(&key)?.as_ref()?;
+    value.parse_as_delta_seconds().ok().map(u64::from)
+}
+
+fn demands_revalidation(meta: &CacheMeta) -> bool {
+    response_cache_control(meta.response_header()).is_some_and(|cc| {
+        cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache() || cc.has_key("s-maxage")
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+//! [`MokaStorage`]: pingora's cache `Storage` on a `moka::sync::Cache`, bounded in bytes.
+//!
+//! Each entry holds the serialized `CacheMeta` and the whole body as one `Bytes`, so a hit is a
+//! reference-count bump and Range requests are zero-copy slices. moka's weigher counts body,
+//! headers and a fixed overhead, which makes `max_memory` a true bound; its per-entry expiry
+//! drops an entry once it can no longer be served or revalidated. pingora's eviction manager is
+//! not used: moka already evicts (TinyLFU admission, LRU eviction).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use moka::sync::Cache;
+use moka::Expiry;
+use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
+use pingora::{Error, ErrorType, Result};
+
+/// Bookkeeping bytes charged per entry on top of its body and headers (key, Arc, moka node).
+const ENTRY_OVERHEAD: usize = 160;
+
+/// One stored response.
+struct Entry {
+    /// `CacheMeta::serialize()` output: internal meta and compressed header.
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    /// How long past insertion the entry is worth keeping.
+    keep_for: Duration,
+}
+
+impl Entry {
+    fn new(meta: &CacheMeta, body: Bytes, keep_stale: Duration) -> Result<Entry> {
+        Ok(Entry {
+            meta: meta.serialize()?,
+            body,
+            keep_for: retention(meta, keep_stale),
+        })
+    }
+
+    fn weight(&self) -> u32 {
+        let bytes = ENTRY_OVERHEAD + self.meta.0.len() + self.meta.1.len() + self.body.len();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// How long an entry stays: until it is past freshness and both stale windows, plus
+/// `keep_stale` when it carries a validator and can still be revalidated cheaply.
+fn retention(meta: &CacheMeta, keep_stale: Duration) -> Duration {
+    let now = SystemTime::now();
+    let fresh_for = meta.fresh_until().duration_since(now).unwrap_or_default();
+    let stale_window = meta.stale_while_revalidate_sec().max(meta.stale_if_error_sec());
+    let headers = meta.headers();
+    let has_validator = headers.contains_key("etag") || headers.contains_key("last-modified");
+    let extra = if has_validator { keep_stale } else { Duration::ZERO };
+    fresh_for + Duration::from_secs(stale_window.into()) + extra
+}
+
+struct EntryExpiry;
+
+impl Expiry<HashBinary, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(&self, _: &HashBinary, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(entry.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &HashBinary,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.keep_for)
+    }
+}
+
+/// The in-memory cache storage. Create one per process and leak it (`&'static` is required by
+/// pingora-cache).
+pub struct MokaStorage {
+    entries: Cache<HashBinary, Arc<Entry>>,
+    keep_stale: Duration,
+}
+
+impl MokaStorage {
+    /// A storage holding at most `max_bytes`; entries with validators are kept `keep_stale` past
+    /// their stale windows for revalidation.
+    pub fn new(max_bytes: u64, keep_stale: Duration) -> MokaStorage {
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_, entry: &Arc<Entry>| entry.weight())
+            .expire_after(EntryExpiry)
+            .build();
+        MokaStorage { entries, keep_stale }
+    }
+
+    /// Leaks a new storage so it can be handed to pingora.
+    pub fn leak(max_bytes: u64, keep_stale: Duration) -> &'static MokaStorage {
+        Box::leak(Box::new(MokaStorage::new(max_bytes, keep_stale)))
+    }
+
+    /// Removes the primary entry of a key, which also invalidates all its Vary variants
+    /// (pingora treats variants older than the primary as misses). Returns whether it existed.
+    pub fn invalidate(&self, key: &CacheKey) -> bool {
+        self.entries.remove(&key.primary_bin()).is_some()
+    }
+
+    /// Number of stored entries (eventually consistent).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Bytes charged against `max_memory` (eventually consistent).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    fn replace_meta(&self, hash: HashBinary, meta: &CacheMeta) -> Result<bool> {
+        let Some(old) = self.entries.get(&hash) else {
+            return Ok(false);
+        };
+        let entry = Entry::new(meta, old.body.clone(), self.keep_stale)?;
+        self.entries.insert(hash, Arc::new(entry));
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Storage for MokaStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.entries.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let hit = BodyHit {
+            end: entry.body.len(),
+            body: entry.body.clone(),
+            start: 0,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(BodyFill {
+            storage: self,
+            hash: key.combined_bin(),
+            meta: meta.serialize()?,
+            keep_for: retention(meta, self.keep_stale),
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _: PurgeType,
+        _: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let removed = self.entries.remove(&target.key().combined_bin());
+        Ok(if removed.is_some() {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn expire(&'static self, target: PurgeTarget<'_>, _: &SpanHandle) -> Result<PurgeOutcome> {
+        let hash = target.key().combined_bin();
+        let Some(entry) = self.entries.get(&hash) else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let mut meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        meta.expire_at(SystemTime::now());
+        self.replace_meta(hash, &meta)?;
+        Ok(PurgeOutcome::Expired)
+    }
+
+    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _: &SpanHandle) -> Result<bool> {
+        self.replace_meta(key.combined_bin(), meta)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Serves a stored body, whole or as seeked ranges.
+struct BodyHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for BodyHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _: &'static (dyn Storage + Sync),
+        _: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    /// Positions the handler on `start..end` (end exclusive, clamped); each seek allows one
+    /// more read, so one handler serves every part of a multipart range.
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start {start} beyond body of {} bytes", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |end| end.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects a body from the origin and publishes the entry when it completes.
+struct BodyFill {
+    storage: &'static MokaStorage,
+    hash: HashBinary,
+    meta: (Vec<u8>, Vec<u8>),
+    keep_for: Duration,
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for BodyFill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let size = self.body.len();
+        let entry = Entry {
+            meta: self.meta,
+            body: self.body.freeze(),
+            keep_for: self.keep_for,
+        };
+        self.storage.entries.insert(self.hash, Arc::new(entry));
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+
+    fn meta(fresh_for: u64) -> CacheMeta {
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("etag", "\"v1\"").unwrap();
+        CacheMeta::new(now + Duration::from_secs(fresh_for), now, 0, 0, header)
+    }
+
+    async fn store(storage: &'static MokaStorage, key: &CacheKey, body: &'static [u8]) {
+        let span = Span::inactive().handle();
+        let mut fill = storage.get_miss_handler(key, &meta(60), &span).await.unwrap();
+        fill.write_body(Bytes::from_static(body), true).await.unwrap();
+        fill.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stored_body_is_found_and_seekable() {
+        let storage = MokaStorage::leak(1 << 20, Duration::ZERO);
+        let key = CacheKey::new("k", "");
+        store(storage, &key, b"hello world").await;
+        let (_, mut hit) = storage
+            .lookup(&key, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .unwrap();
+        hit.seek(6, Some(11)).unwrap();
+        assert_eq!(hit.read_body().await.unwrap().unwrap(), "world");
+        assert!(hit.read_body().await.unwrap().is_none());
+        assert!(hit.seek(11, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_bound_is_respected() {
+        let storage = MokaStorage::leak(64 * 1024, Duration::ZERO);
+        for i in 0..64 {
+            let key = CacheKey::new(format!("k{i}"), "");
+            store(storage, &key, &[b'x'; 4096]).await;
+        }
+        assert!(
+            storage.weighted_size() <= 64 * 1024,
+            "{}",
+            storage.weighted_size()
+        );
+    }
+
+    #[tokio::test]
+    async fn update_meta_and_expire_rewrite_the_entry() {
+        let storage = MokaStorage::leak(1 << 20, Duration::from_secs(60));
+        let key = CacheKey::new("k", "");
+        store(storage, &key, b"body").await;
+        let span = Span::inactive().handle();
+        assert!(storage.update_meta(&key, &meta(600), &span).await.unwrap());
+        let compact = key.to_compact();
+        let outcome = storage
+            .expire(PurgeTarget::Active(&compact), &span)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, PurgeOutcome::Expired));
+        let (found, _) = storage.lookup(&key, &span).await.unwrap().unwrap();
+        assert!(!found.is_fresh(SystemTime::now()));
+        assert!(storage.invalidate(&key));
+        assert!(storage.lookup(&key, &span).await.unwrap().is_none());
+    }
+}

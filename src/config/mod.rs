@@ -1,0 +1,359 @@
+//! Configuration: parse the TOML file, validate it, and freeze it into the runtime [`Config`].
+//!
+//! Loading is `parse → validate → freeze`. Every error is a [`ConfigError`] naming the file, the
+//! line and the key, so `edgecache --check` and a failed reload point straight at the problem.
+
+mod file;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file::{FileConfig, SiteSection};
+
+/// The config used when no `--config` is given: the proxy on 127.0.0.1:8080 in front of the
+/// built-in sample origin, so caching can be tried with nothing else running.
+pub const BUILT_IN_CONFIG: &str = include_str!("../../config/default.toml");
+
+/// Name shown for the built-in config in messages.
+pub const BUILT_IN_NAME: &str = "<built-in default config>";
+
+/// A config that could not be loaded, located as precisely as the parser allows.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read config: {source}")]
+    Read {
+        /// The path given.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but a key is missing, unknown or has a bad value.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The path given.
+        file: PathBuf,
+        /// 1-based line of the offending key or value (the first line if unknown).
+        line: usize,
+        /// Dotted path of the key, e.g. `site[0].origins[1]`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The frozen runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was loaded from (for messages).
+    pub source: PathBuf,
+    /// Listeners and process settings.
+    pub server: ServerSettings,
+    /// Cache sizing and defaults.
+    pub cache: CacheSettings,
+    /// The sites, in file order.
+    pub sites: Vec<SiteSettings>,
+    /// Address of the built-in sample origin, when enabled.
+    pub demo_listen: Option<SocketAddr>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Plain HTTP listen addresses (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy service (at least one).
+    pub threads: usize,
+    /// Pseudonym used in `Via`.
+    pub via: String,
+    /// Wait before a graceful shutdown stops accepting.
+    pub grace_period: Duration,
+    /// Wait for in-flight requests during a graceful shutdown.
+    pub graceful_shutdown_timeout: Duration,
+    /// Socket used for zero-downtime upgrades.
+    pub upgrade_sock: String,
+    /// Pid file when daemonized.
+    pub pid_file: String,
+    /// Whether to emit access-log events.
+    pub access_log: bool,
+}
+
+/// Validated `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Hard bound on cached bytes.
+    pub max_memory: u64,
+    /// Largest response that is stored.
+    pub max_object_size: usize,
+    /// Coalescing wait bound.
+    pub lock_timeout: Duration,
+    /// Default stale-while-revalidate window.
+    pub stale_while_revalidate: Duration,
+    /// Default stale-if-error window.
+    pub stale_if_error: Duration,
+    /// Fraction of the `Last-Modified` age used as heuristic freshness.
+    pub heuristic_fraction: f64,
+    /// Cap of heuristic freshness.
+    pub heuristic_max: Duration,
+    /// Extra retention of stale responses that carry a validator.
+    pub keep_stale: Duration,
+    /// Name in `Cache-Status`.
+    pub status_name: String,
+}
+
+/// Validated `[[site]]`.
+#[derive(Debug, Clone)]
+pub struct SiteSettings {
+    /// Lower-cased host names without ports.
+    pub hosts: Vec<String>,
+    /// Origin addresses as `host:port`, resolved at startup.
+    pub origins: Vec<SocketAddr>,
+    /// Whether unmatched hosts go to this site.
+    pub default: bool,
+    /// Whether responses are cached.
+    pub cache: bool,
+    /// TLS to origins.
+    pub origin_tls: bool,
+    /// SNI for TLS to origins.
+    pub origin_sni: String,
+    /// Verify origin certificates.
+    pub origin_verify_cert: bool,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-read timeout (including the first byte).
+    pub read_timeout: Duration,
+    /// Per-write timeout.
+    pub write_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The built-in default config.
+    pub fn built_in() -> Result<Config, ConfigError> {
+        Config::parse(BUILT_IN_CONFIG, Path::new(BUILT_IN_NAME))
+    }
+
+    /// Parses and validates config text; `source` only labels errors.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        let locator = Locator { text, source };
+        let deserializer = toml::Deserializer::new(text);
+        let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner
+                .span()
+                .map(|span| line_of_offset(text, span.start))
+                .unwrap_or_else(|| locator.line_of_key(&key));
+            ConfigError::Invalid {
+                file: source.to_path_buf(),
+                line,
+                key: if key == "." { "(file)".into() } else { key },
+                message: inner.message().to_string(),
+            }
+        })?;
+        freeze(file, &locator)
+    }
+}
+
+/// Maps key paths back to lines for errors found after parsing.
+struct Locator<'a> {
+    text: &'a str,
+    source: &'a Path,
+}
+
+impl Locator<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.to_path_buf(),
+            line: self.line_of_key(key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Line of the value at a dotted key path such as `site[1].hosts[0]`, or of its nearest
+    /// ancestor that has a position; line 1 when nothing matches.
+    fn line_of_key(&self, key: &str) -> usize {
+        let Ok(doc) = self.text.parse::<toml_edit::ImDocument<String>>() else {
+            return 1;
+        };
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut best = None;
+        for segment in key.split('.').filter(|s| !s.is_empty()) {
+            let (name, index) = split_index(segment);
+            let Some(next) = item.get(name) else { break };
+            item = next;
+            best = item.span().or(best);
+            if let Some(i) = index {
+                let Some(next) = item.get(i) else { break };
+                item = next;
+                best = item.span().or(best);
+            }
+        }
+        best.map(|span| line_of_offset(self.text, span.start))
+            .unwrap_or(1)
+    }
+}
+
+fn split_index(segment: &str) -> (&str, Option<usize>) {
+    match segment.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse().ok()),
+        None => (segment, None),
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
+    let server = &file.server;
+    if server.listen.is_empty() {
+        return Err(at.error("server.listen", "at least one listen address is required"));
+    }
+    if server.threads == 0 {
+        return Err(at.error("server.threads", "must be at least 1"));
+    }
+    let cache = &file.cache;
+    if cache.max_memory.0 == 0 {
+        return Err(at.error("cache.max_memory", "must be greater than zero"));
+    }
+    if cache.max_object_size > cache.max_memory {
+        return Err(at.error("cache.max_object_size", "must not exceed cache.max_memory"));
+    }
+    if !(0.0..=1.0).contains(&cache.heuristic_fraction) {
+        return Err(at.error("cache.heuristic_fraction", "must be between 0 and 1"));
+    }
+    if file.sites.is_empty() {
+        return Err(at.error("site", "at least one [[site]] is required"));
+    }
+    let mut sites = Vec::with_capacity(file.sites.len());
+    for (index, site) in file.sites.iter().enumerate() {
+        sites.push(freeze_site(site, index, at)?);
+    }
+    check_hosts_unique(&sites, at)?;
+    if sites.iter().filter(|s| s.default).count() > 1 {
+        let second = sites.iter().enumerate().filter(|(_, s)| s.default).nth(1);
+        let index = second.map(|(i, _)| i).unwrap_or(0);
+        return Err(at.error(
+            &format!("site[{index}].default"),
+            "only one site can be the default",
+        ));
+    }
+    Ok(Config {
+        source: at.source.to_path_buf(),
+        server: ServerSettings {
+            listen: server.listen.clone(),
+            threads: server.threads,
+            via: server.via.clone(),
+            grace_period: server.grace_period.0,
+            graceful_shutdown_timeout: server.graceful_shutdown_timeout.0,
+            upgrade_sock: server.upgrade_sock.clone(),
+            pid_file: server.pid_file.clone(),
+            access_log: server.access_log,
+        },
+        cache: CacheSettings {
+            max_memory: cache.max_memory.0,
+            max_object_size: cache.max_object_size.as_usize(),
+            lock_timeout: cache.lock_timeout.0,
+            stale_while_revalidate: cache.stale_while_revalidate.0,
+            stale_if_error: cache.stale_if_error.0,
+            heuristic_fraction: cache.heuristic_fraction,
+            heuristic_max: cache.heuristic_max.0,
+            keep_stale: cache.keep_stale.0,
+            status_name: cache.status_name.clone(),
+        },
+        sites,
+        demo_listen: file.demo.as_ref().map(|d| d.listen),
+    })
+}
+
+fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSettings, ConfigError> {
+    let key = |field: &str| format!("site[{index}].{field}");
+    if site.hosts.is_empty() && !site.default {
+        return Err(at.error(
+            &key("hosts"),
+            "list at least one host, or mark the site `default = true`",
+        ));
+    }
+    let mut hosts = Vec::with_capacity(site.hosts.len());
+    for (i, host) in site.hosts.iter().enumerate() {
+        let normalized = crate::proxy::routing::normalize_host(host);
+        if normalized.is_empty() || normalized.contains(['/', ' ', '@']) {
+            return Err(at.error(
+                &key(&format!("hosts[{i}]")),
+                format!("invalid host name {host:?}"),
+            ));
+        }
+        hosts.push(normalized);
+    }
+    if site.origins.is_empty() {
+        return Err(at.error(&key("origins"), "at least one origin is required"));
+    }
+    let mut origins = Vec::with_capacity(site.origins.len());
+    for (i, origin) in site.origins.iter().enumerate() {
+        origins.push(resolve_origin(origin).map_err(|m| at.error(&key(&format!("origins[{i}]")), m))?);
+    }
+    let origin_sni = site
+        .origin_sni
+        .clone()
+        .or_else(|| {
+            site.origins
+                .first()
+                .and_then(|o| o.rsplit_once(':'))
+                .map(|(h, _)| h.to_string())
+        })
+        .unwrap_or_default();
+    Ok(SiteSettings {
+        hosts,
+        origins,
+        default: site.default,
+        cache: site.cache,
+        origin_tls: site.origin_tls,
+        origin_sni,
+        origin_verify_cert: site.origin_verify_cert,
+        connect_timeout: site.connect_timeout.0,
+        read_timeout: site.read_timeout.0,
+        write_timeout: site.write_timeout.0,
+    })
+}
+
+fn resolve_origin(origin: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if !origin.contains(':') {
+        return Err(format!("origin {origin:?} must be host:port"));
+    }
+    origin
+        .to_socket_addrs()
+        .map_err(|e| format!("origin {origin:?} does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("origin {origin:?} resolves to no address"))
+}
+
+fn check_hosts_unique(sites: &[SiteSettings], at: &Locator) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashMap::new();
+    for (index, site) in sites.iter().enumerate() {
+        for (i, host) in site.hosts.iter().enumerate() {
+            if let Some(first) = seen.insert(host.clone(), index) {
+                return Err(at.error(
+                    &format!("site[{index}].hosts[{i}]"),
+                    format!("host {host:?} is already served by site[{first}]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

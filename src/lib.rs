@@ -1,0 +1,21 @@
+//! edgecache: a caching reverse proxy and edge CDN node on pingora.
+//!
+//! A request moves through these phases (see [`proxy::EdgeProxy`]):
+//!
+//! 1. `request_filter`: route by `Host` to a site ([`proxy::routing`]); 400/404 otherwise.
+//! 2. `request_cache_filter` / `cache_key_callback`: enable the cache for GET/HEAD and derive
+//!    the key from scheme, host, path and query ([`cache::key`]).
+//! 3. lookup in [`cache::MokaStorage`]; `cache_vary_filter` picks the variant
+//!    ([`cache::vary`]); `cache_hit_filter` applies request directives ([`cache::policy`]).
+//! 4. hit: served from memory (304, HEAD and Range handled by pingora). Miss or stale: one
+//!    request per key goes to an origin ([`upstream`]) while others wait on the cache lock.
+//! 5. `response_cache_filter`: store or not, and for how long ([`cache::policy`]).
+//! 6. `response_filter`: `Cache-Status`, `Via`; `logging`: one access-log event.
+
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,65 @@
+//! The `edgecache` command: load the config, build the server, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use edgecache::config::Config;
+use pingora::server::configuration::Opt;
+
+/// A caching reverse proxy and edge CDN node.
+#[derive(Parser, Debug)]
+#[command(name = "edgecache", version, about)]
+struct Cli {
+    /// Config file (TOML). Without it, the built-in default config runs: the proxy on
+    /// 127.0.0.1:8080 in front of a demo origin.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Validate the config, print the first error with its file, line and key, and exit.
+    #[arg(long)]
+    check: bool,
+
+    #[command(flatten)]
+    pingora: Opt,
+}
+
+fn load(cli: &Cli) -> Result<Config, edgecache::config::ConfigError> {
+    match &cli.config {
+        Some(path) => Config::load(path),
+        None => Config::built_in(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("edgecache: invalid config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!(
+            "{}: config is valid ({} sites)",
+            config.source.display(),
+            config.sites.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    edgecache::logging::init();
+    let daemon = cli.pingora.daemon;
+    let built = match edgecache::server::build(&config, Some(cli.pingora)) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %config.source.display(), listen = ?config.server.listen, "edgecache starting");
+    if config.demo_listen.is_some() && !daemon {
+        edgecache::demo::show_caching(config.server.listen[0]);
+    }
+    built.server.run_forever()
+}

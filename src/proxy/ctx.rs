@@ -1,0 +1,77 @@
+//! Per-request state, grouped by concern and filled in as the request moves through the phases.
+
+use std::time::Instant;
+
+use crate::cache::CacheTarget;
+
+use super::cache_status::CacheOutcome;
+
+/// Everything the proxy remembers about one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the request arrived.
+    pub started: Instant,
+    /// Routing results.
+    pub route: Route,
+    /// What the cache did.
+    pub cache: CacheTrace,
+    /// What the origin did.
+    pub upstream: UpstreamTrace,
+}
+
+impl RequestCtx {
+    /// Fresh state for a new request.
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: Route::default(),
+            cache: CacheTrace::default(),
+            upstream: UpstreamTrace::default(),
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}
+
+/// Which site and URL the request is for.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// Index of the site serving the request.
+    pub site: Option<usize>,
+    /// Scheme, host and path used for the cache key and invalidation.
+    pub target: Option<CacheTarget>,
+}
+
+/// Cache decisions made along the way.
+#[derive(Debug, Default)]
+pub struct CacheTrace {
+    /// Caching was enabled for this request.
+    pub enabled: bool,
+    /// A stored response was found (fresh or not).
+    pub found: bool,
+    /// A stored response existed for the URL but the variant had to be looked up.
+    pub vary_lookup: bool,
+    /// The request's own directives forced revalidation.
+    pub forced_by_request: bool,
+    /// The origin's response was judged storable.
+    pub storable: bool,
+    /// Final outcome, set when the response header goes out.
+    pub outcome: Option<CacheOutcome>,
+}
+
+/// Origin timing and result.
+#[derive(Debug, Default)]
+pub struct UpstreamTrace {
+    /// When the origin was selected.
+    pub started: Option<Instant>,
+    /// Time from selecting the origin to its response header.
+    pub header_elapsed: Option<std::time::Duration>,
+    /// Status the origin answered with.
+    pub status: Option<u16>,
+    /// Address of the origin used.
+    pub addr: Option<String>,
+}

@@ -1,0 +1,103 @@
+//! Header rewriting between client and origin: hop-by-hop removal and forwarding headers.
+
+use http::header::{HeaderName, CONNECTION};
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
+/// to pingora, which re-frames bodies itself; `Upgrade` is kept only for protocol switches.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+];
+
+/// Names listed in `Connection`, which are hop-by-hop for this message.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| name != "transfer-encoding" && name != "upgrade")
+        .collect()
+}
+
+/// Removes hop-by-hop headers from a request going to the origin.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
+    for name in connection_listed(&req.headers) {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+}
+
+/// Removes hop-by-hop headers from a response going to the client (and into the cache).
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    for name in connection_listed(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+    if resp.status != 101 {
+        resp.remove_header("upgrade");
+    }
+}
+
+/// This proxy's `Via` entry (RFC 9110 §7.6.3) for a message of the given version.
+pub fn via_value(version: http::Version, pseudonym: &str) -> String {
+    let protocol = match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    format!("{protocol} {pseudonym}")
+}
+
+/// Sets `X-Forwarded-For` (appending the client to any earlier list) and `X-Forwarded-Proto`.
+pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, scheme: &str) {
+    if let Some(ip) = client_ip {
+        let earlier = req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let value = match earlier {
+            Some(list) if !list.trim().is_empty() => format!("{list}, {ip}"),
+            _ => ip.to_string(),
+        };
+        let _ = req.insert_header("x-forwarded-for", value);
+    }
+    let _ = req.insert_header("x-forwarded-proto", scheme);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("connection", "keep-alive, x-secret").unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("x-secret", "1").unwrap();
+        req.insert_header("x-kept", "1").unwrap();
+        strip_request_hop_by_hop(&mut req);
+        assert!(req.headers.get("connection").is_none());
+        assert!(req.headers.get("keep-alive").is_none());
+        assert!(req.headers.get("x-secret").is_none());
+        assert!(req.headers.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
+        set_forwarded(&mut req, Some([127, 0, 0, 1].into()), "http");
+        assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,513 @@
+//! The proxy: pingora's `ProxyHttp` phases wired to routing, caching and origins.
+//!
+//! Each phase is a switchboard that decides one thing and delegates to the module that knows:
+//! routing ([`routing`]), cacheability ([`crate::cache::policy`]), variants
+//! ([`crate::cache::vary`]), headers ([`headers`]) and `Cache-Status` ([`cache_status`]).
+
+pub mod cache_status;
+pub mod ctx;
+pub mod headers;
+pub mod routing;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::Predictor;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler, RespCacheable,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
+
+use crate::cache::policy::{self, CDN_CACHE_CONTROL};
+use crate::cache::{cache_key, vary, CachePolicy, CacheTarget, MokaStorage};
+use crate::config::{Config, SiteSettings};
+use crate::upstream::OriginPool;
+use cache_status::{CacheOutcome, CacheStatus};
+use ctx::RequestCtx;
+use routing::Router;
+
+/// Shards of the uncacheable-key predictor.
+const PREDICTOR_SHARDS: usize = 16;
+
+/// One site at run time: its settings and its origin pool.
+pub struct Site {
+    /// Validated settings.
+    pub settings: SiteSettings,
+    /// Where its misses go.
+    pub origins: OriginPool,
+}
+
+/// The shared cache objects (pingora needs them `'static`) and the policy applied to them.
+pub struct CacheEngine {
+    /// Stored responses.
+    pub storage: &'static MokaStorage,
+    lock: &'static CacheKeyLockImpl,
+    predictor: &'static Predictor<PREDICTOR_SHARDS>,
+    policy: CachePolicy,
+    max_object_size: usize,
+    lock_timeout: Duration,
+    status_name: String,
+}
+
+impl CacheEngine {
+    /// Builds (and leaks, once per process) the cache described by `config`.
+    pub fn new(config: &Config) -> CacheEngine {
+        let settings = &config.cache;
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(settings.lock_timeout));
+        let predictor = Box::leak(Box::new(Predictor::new(
+            1024,
+            Some(policy::is_request_specific_reason),
+        )));
+        CacheEngine {
+            storage: MokaStorage::leak(settings.max_memory, settings.keep_stale),
+            lock,
+            predictor,
+            policy: CachePolicy::new(settings),
+            max_object_size: settings.max_object_size,
+            lock_timeout: settings.lock_timeout,
+            status_name: settings.status_name.clone(),
+        }
+    }
+}
+
+/// The caching reverse proxy.
+pub struct EdgeProxy {
+    sites: Vec<Site>,
+    router: Router,
+    cache: CacheEngine,
+    via: String,
+    access_log: bool,
+}
+
+impl EdgeProxy {
+    /// A proxy for `config` over `cache`.
+    pub fn new(config: &Config, cache: CacheEngine) -> std::io::Result<EdgeProxy> {
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for settings in &config.sites {
+            let origins = OriginPool::new(settings)?;
+            sites.push(Site {
+                settings: settings.clone(),
+                origins,
+            });
+        }
+        let router = Router::new(config.sites.iter().map(|s| (&s.hosts[..], s.default)));
+        Ok(EdgeProxy {
+            sites,
+            router,
+            cache,
+            via: config.server.via.clone(),
+            access_log: config.server.access_log,
+        })
+    }
+
+    /// The cache storage (for stats).
+    pub fn storage(&self) -> &'static MokaStorage {
+        self.cache.storage
+    }
+
+    fn site(&self, ctx: &RequestCtx) -> Option<&Site> {
+        ctx.route.site.and_then(|i| self.sites.get(i))
+    }
+
+    /// Decides the request's site and cache target; answers 400/404 itself when there is none.
+    async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let Some(host) = routing::request_host(req) else {
+            respond_text(session, 400, "missing or invalid Host header\n").await?;
+            return Ok(true);
+        };
+        let Some(site) = self.router.route(&host) else {
+            respond_text(session, 404, "no site is configured for this host\n").await?;
+            return Ok(true);
+        };
+        let scheme = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
+        ctx.route.site = Some(site);
+        ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
+        Ok(false)
+    }
+
+    /// Outcome of the cache for this response, from pingora's phase and what the ctx saw.
+    fn cache_outcome(session: &Session, ctx: &RequestCtx) -> CacheOutcome {
+        let trace = &ctx.cache;
+        match session.cache.phase() {
+            CachePhase::Hit => CacheOutcome::Hit,
+            CachePhase::StaleUpdating => CacheOutcome::StaleWhileRevalidate,
+            CachePhase::Stale => CacheOutcome::StaleIfError,
+            _ if trace.forced_by_request => CacheOutcome::Request,
+            _ if trace.found => CacheOutcome::Stale,
+            _ if trace.vary_lookup => CacheOutcome::VaryMiss,
+            _ if trace.enabled => CacheOutcome::UriMiss,
+            _ => CacheOutcome::Bypass,
+        }
+    }
+
+    fn cache_status_header(&self, session: &Session, ctx: &RequestCtx, outcome: CacheOutcome) -> String {
+        let phase = session.cache.phase();
+        let meta = session
+            .cache
+            .maybe_cache_meta()
+            .filter(|_| outcome != CacheOutcome::Bypass);
+        let stored = match phase {
+            CachePhase::Miss | CachePhase::Expired => ctx.cache.storable,
+            CachePhase::Revalidated => true,
+            _ => false,
+        };
+        CacheStatus {
+            name: &self.cache.status_name,
+            outcome,
+            ttl: meta
+                .filter(|_| outcome.served_from_cache() || stored)
+                .map(remaining_ttl),
+            fwd_status: ctx.upstream.status,
+            stored,
+        }
+        .render()
+    }
+
+    /// After a successful unsafe request, drops the stored responses it may have changed
+    /// (RFC 9111 §4.4): the target URL and same-host `Location` / `Content-Location`.
+    fn invalidate_after_unsafe(&self, req: &RequestHeader, resp: &ResponseHeader, ctx: &RequestCtx) {
+        let Some(target) = &ctx.route.target else { return };
+        if !is_unsafe(&req.method) || !(200..400).contains(&resp.status.as_u16()) {
+            return;
+        }
+        self.cache.storage.invalidate(&cache_key(target));
+        for name in ["location", "content-location"] {
+            let Some(value) = resp.headers.get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if let Some(path) = same_host_path(value, &target.host) {
+                self.cache
+                    .storage
+                    .invalidate(&cache_key(&target.with_path(&path)));
+            }
+        }
+    }
+
+    fn log_access(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let host = ctx.route.target.as_ref().map_or("-", |t| t.host.as_str());
+        let upstream_ms = ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "edgecache::access",
+            method = %req.method,
+            host,
+            path = req.uri.path(),
+            status,
+            bytes = session.body_bytes_sent(),
+            cache = ctx.cache.outcome.map_or("-", CacheOutcome::label),
+            origin = ctx.upstream.addr.as_deref().unwrap_or("-"),
+            upstream_ms,
+            total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error = error.map(|e| e.to_string()),
+        );
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Routes the request to a site, or answers 400/404.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.route(session, ctx).await
+    }
+
+    /// Enables the cache for safe requests to caching sites.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let cacheable_method = matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        );
+        let site_caches = self.site(ctx).is_some_and(|s| s.settings.cache);
+        if !cacheable_method || !site_caches || ctx.route.target.is_none() {
+            return Ok(());
+        }
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.cache.lock_timeout);
+        let engine = &self.cache;
+        session.cache.enable(
+            engine.storage,
+            None,
+            Some(engine.predictor),
+            Some(engine.lock),
+            Some(overrides),
+        );
+        session.cache.set_max_file_size_bytes(engine.max_object_size);
+        ctx.cache.enabled = true;
+        Ok(())
+    }
+
+    /// Scheme + host + path + query, identical for HTTP/1.1 and HTTP/2.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let target = ctx
+            .route
+            .target
+            .as_ref()
+            .or_err(ErrorType::InternalError, "cache enabled without a target")?;
+        Ok(cache_key(target))
+    }
+
+    /// Applies the request's `no-cache`, `max-age`, `min-fresh` and `max-stale`.
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        ctx.cache.found = true;
+        let forced = policy::request_freshness(session.req_header(), meta, SystemTime::now());
+        ctx.cache.forced_by_request = forced == Some(ForcedFreshness::ForceExpired);
+        Ok(forced)
+    }
+
+    /// Selects the stored variant from the response's `Vary`.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let variance = vary::variance(meta, req);
+        ctx.cache.vary_lookup |= variance.is_some();
+        variance
+    }
+
+    /// `only-if-cached` requests never reach the origin: 504 instead.
+    async fn proxy_upstream_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+        if policy::only_if_cached(session.req_header()) {
+            respond_text(session, 504, "not in cache (only-if-cached)\n").await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Picks an origin of the request's site. "No origin" is an upstream error, so a stale copy
+    /// can still be served.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let site = self
+            .site(ctx)
+            .or_err(ErrorType::InternalError, "request has no site")?;
+        let key = ctx
+            .route
+            .target
+            .as_ref()
+            .map_or(&[][..], |t| t.path_and_query.as_bytes());
+        let peer = site
+            .origins
+            .select(key)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no usable origin").into_up())?;
+        ctx.upstream.started = Some(Instant::now());
+        ctx.upstream.addr = Some(peer._address.to_string());
+        Ok(peer)
+    }
+
+    /// Strips hop-by-hop headers and adds `Via` and `X-Forwarded-*`; sends origin-form URIs
+    /// with a `Host` header whatever the client's protocol.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
+            if upstream_request.headers.get(http::header::HOST).is_none() {
+                upstream_request.insert_header(http::header::HOST, authority)?;
+            }
+            let path = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            upstream_request.set_uri(
+                path.parse()
+                    .or_err(ErrorType::InvalidHTTPHeader, "bad request path")?,
+            );
+        }
+        headers::strip_request_hop_by_hop(upstream_request);
+        upstream_request.append_header(
+            http::header::VIA,
+            headers::via_value(session.req_header().version, &self.via),
+        )?;
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let scheme = ctx.route.target.as_ref().map_or("http", |t| t.scheme);
+        headers::set_forwarded(upstream_request, client_ip, scheme);
+        Ok(())
+    }
+
+    /// Decides whether the origin's response is stored and for how long.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let decision = self
+            .cache
+            .policy
+            .response_cacheability(session.req_header(), resp, SystemTime::now());
+        ctx.cache.storable = decision.is_cacheable();
+        Ok(decision)
+    }
+
+    /// Records origin timing and strips hop-by-hop headers before the response is stored.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
+        ctx.upstream.status = Some(resp.status.as_u16());
+        headers::strip_response_hop_by_hop(resp);
+        Ok(())
+    }
+
+    /// Final touches on every response, hits included: `Cache-Status`, `Via`, no
+    /// `CDN-Cache-Control`; and invalidation after unsafe methods.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let outcome = Self::cache_outcome(session, ctx);
+        ctx.cache.outcome = Some(outcome);
+        resp.remove_header(CDN_CACHE_CONTROL);
+        resp.append_header(
+            http::header::VIA,
+            headers::via_value(session.req_header().version, &self.via),
+        )?;
+        resp.insert_header("cache-status", self.cache_status_header(session, ctx, outcome))?;
+        self.invalidate_after_unsafe(session.req_header(), resp, ctx);
+        Ok(())
+    }
+
+    /// Serves stale while revalidating whenever the stored response allows it, and on upstream
+    /// errors (connection failures, timeouts, 5xx) within its stale-if-error window.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    /// Answers 504 for origin timeouts, 502 for other origin failures.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 && session.response_written().is_none() {
+            if let Err(write_error) = session.respond_error(code).await {
+                tracing::debug!(error = %write_error, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if self.access_log {
+            self.log_access(session, error, ctx);
+        }
+    }
+}
+
+/// The status sent to the client for a proxying error (0: the client is gone, send nothing).
+fn error_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+fn is_unsafe(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
+}
+
+/// Path of a `Location`-style value when it names the same host (relative or absolute URL).
+fn same_host_path(value: &str, host: &str) -> Option<String> {
+    let uri: http::Uri = value.parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        if routing::normalize_host(authority.as_str()) != host {
+            return None;
+        }
+    } else if !value.starts_with('/') {
+        return None;
+    }
+    Some(uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
+}
+
+/// Seconds of freshness left (negative once stale).
+fn remaining_ttl(meta: &CacheMeta) -> i64 {
+    let now = SystemTime::now();
+    match meta.fresh_until().duration_since(now) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs() as i64),
+    }
+}
+
+/// Sends a small plain-text response generated by the proxy itself.
+async fn respond_text(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_invalidation_is_same_host_only() {
+        assert_eq!(same_host_path("/a?b", "h").as_deref(), Some("/a?b"));
+        assert_eq!(same_host_path("http://H:8080/x", "h").as_deref(), Some("/x"));
+        assert_eq!(same_host_path("http://other/x", "h"), None);
+        assert_eq!(same_host_path("relative", "h"), None);
+    }
+
+    #[test]
+    fn timeouts_are_504_and_other_origin_errors_502() {
+        let timeout = Error::explain(ErrorType::ReadTimedout, "slow").into_up();
+        assert_eq!(error_status(&timeout), 504);
+        let refused = Error::explain(ErrorType::ConnectRefused, "down").into_up();
+        assert_eq!(error_status(&refused), 502);
+    }
+}

@@ -1,0 +1,58 @@
+//! Assembles the pingora server from a [`Config`]: process settings, the proxy service and its
+//! listeners, and the optional demo origin.
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::config::Config;
+use crate::demo;
+use crate::proxy::{CacheEngine, EdgeProxy};
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An origin address could not be turned into a backend.
+    #[error("cannot set up origins: {0}")]
+    Origins(#[from] std::io::Error),
+}
+
+/// A server ready to run, with handles the caller may want (tests read cache stats).
+pub struct EdgeServer {
+    /// The pingora server; call `run_forever` (or `run` with a custom shutdown signal).
+    pub server: Server,
+    /// The cache storage shared by all requests.
+    pub storage: &'static crate::cache::MokaStorage,
+}
+
+/// pingora's process settings derived from our config.
+fn server_conf(config: &Config) -> ServerConf {
+    let settings = &config.server;
+    ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        pid_file: settings.pid_file.clone(),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server: bootstraps pingora (taking over listeners on `--upgrade`) and adds the
+/// proxy service on every listen address, plus the demo origin when configured.
+pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError> {
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
+    server.bootstrap();
+    let cache = CacheEngine::new(config);
+    let storage = cache.storage;
+    let proxy = EdgeProxy::new(config, cache)?;
+    let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
+    for addr in &config.server.listen {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+    if let Some(addr) = config.demo_listen {
+        server.add_service(demo::service(addr));
+    }
+    Ok(EdgeServer { server, storage })
+}
