@@ -1,6 +1,7 @@
 //! Assembles the pingora server from a [`Config`]: process settings, the proxy service and its
 //! listeners, and the optional demo origin.
 
+use pingora::apps::HttpServerOptions;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -47,6 +48,13 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let storage = cache.storage;
     let proxy = EdgeProxy::new(config, cache)?;
     let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
+    if config.server.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        if let Some(app) = service.app_logic_mut() {
+            app.server_options = Some(options);
+        }
+    }
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }

@@ -111,6 +111,8 @@ impl CachePolicy {
         };
         let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &self.defaults);
         let mut header = resp.clone();
+        // The stored copy's age is tracked by `created`; hits get a recomputed `Age`.
+        header.remove_header("age");
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
@@ -148,6 +150,31 @@ impl CachePolicy {
                 .min(self.heuristic_max),
         )
     }
+}
+
+/// Header fields a 304 must not change in the stored response (RFC 9111 §3.2, §4.3.4): they
+/// describe the stored body, which the 304 does not carry.
+const BODY_FRAMING_FIELDS: [&str; 4] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+];
+
+/// The stored response header updated with every field of a 304 (RFC 9111 §4.3.4), except
+/// those describing the body.
+pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &http::HeaderMap) -> ResponseHeader {
+    let mut merged = stored.clone();
+    for name in not_modified.keys() {
+        if BODY_FRAMING_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in not_modified.get_all(name) {
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
 }
 
 /// `CDN-Cache-Control` when present, else `Cache-Control`.

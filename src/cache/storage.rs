@@ -48,15 +48,12 @@ impl Entry {
 }
 
 /// How long an entry stays: until it is past freshness and both stale windows, plus
-/// `keep_stale` when it carries a validator and can still be revalidated cheaply.
+/// `keep_stale`, during which it can still be revalidated (304) or served to `max-stale`.
 fn retention(meta: &CacheMeta, keep_stale: Duration) -> Duration {
     let now = SystemTime::now();
     let fresh_for = meta.fresh_until().duration_since(now).unwrap_or_default();
     let stale_window = meta.stale_while_revalidate_sec().max(meta.stale_if_error_sec());
-    let headers = meta.headers();
-    let has_validator = headers.contains_key("etag") || headers.contains_key("last-modified");
-    let extra = if has_validator { keep_stale } else { Duration::ZERO };
-    fresh_for + Duration::from_secs(stale_window.into()) + extra
+    fresh_for + Duration::from_secs(stale_window.into()) + keep_stale
 }
 
 struct EntryExpiry;

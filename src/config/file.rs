@@ -36,6 +36,8 @@ pub struct ServerSection {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Accept cleartext HTTP/2 with prior knowledge on the plain listeners.
+    pub h2c: bool,
     /// Pseudonym of this proxy in `Via` headers (the machine name is never used).
     pub via: String,
     /// How long a graceful shutdown waits before it stops accepting connections.
@@ -55,6 +57,7 @@ impl Default for ServerSection {
         ServerSection {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             threads: 2,
+            h2c: false,
             via: "edgecache".into(),
             grace_period: HumanDuration(Duration::from_secs(0)),
             graceful_shutdown_timeout: HumanDuration(Duration::from_secs(10)),

@@ -66,6 +66,8 @@ pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service (at least one).
     pub threads: usize,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    pub h2c: bool,
     /// Pseudonym used in `Via`.
     pub via: String,
     /// Wait before a graceful shutdown stops accepting.
@@ -255,6 +257,7 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         server: ServerSettings {
             listen: server.listen.clone(),
             threads: server.threads,
+            h2c: server.h2c,
             via: server.via.clone(),
             grace_period: server.grace_period.0,
             graceful_shutdown_timeout: server.graceful_shutdown_timeout.0,

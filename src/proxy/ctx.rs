@@ -74,4 +74,6 @@ pub struct UpstreamTrace {
     pub status: Option<u16>,
     /// Address of the origin used.
     pub addr: Option<String>,
+    /// Header fields of a 304 from the origin, merged into the stored response.
+    pub not_modified: Option<http::HeaderMap>,
 }

@@ -359,10 +359,19 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        let merged;
+        let resp = match ctx.upstream.not_modified.take() {
+            Some(fields) => {
+                merged = policy::merge_not_modified(resp, &fields);
+                &merged
+            }
+            None => resp,
+        };
+        let now = SystemTime::now();
         let decision = self
             .cache
             .policy
-            .response_cacheability(session.req_header(), resp, SystemTime::now());
+            .response_cacheability(session.req_header(), resp, now);
         ctx.cache.storable = decision.is_cacheable();
         Ok(decision)
     }
@@ -377,6 +386,9 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
         headers::strip_response_hop_by_hop(resp);
+        if resp.status == http::StatusCode::NOT_MODIFIED {
+            ctx.upstream.not_modified = Some(resp.headers.clone());
+        }
         Ok(())
     }
 

@@ -1,0 +1,359 @@
+//! Test harness: a real HTTP origin and the real proxy, both on loopback ephemeral ports.
+//!
+//! The origin counts requests per path and answers from scripts registered by each test; the
+//! proxy is built from a config text exactly as the binary builds it and runs in its own thread
+//! until the test drops it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+
+/// A request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the origin answers.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: ReplyBody,
+    pub delay: Duration,
+}
+
+/// A reply body: all at once, or streamed from a channel the test feeds.
+pub enum ReplyBody {
+    Full(Bytes),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Full(body.into()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn ok(body: impl Into<Bytes>) -> Reply {
+        Reply::new(200, body)
+    }
+
+    pub fn header(mut self, name: &str, value: impl ToString) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    pub fn stream(status: u16, chunks: mpsc::Receiver<Bytes>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: ReplyBody::Stream(chunks),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+type Script = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+struct OriginState {
+    scripts: Mutex<HashMap<String, Script>>,
+    hits: Mutex<HashMap<String, Vec<Seen>>>,
+    /// Set to true to drop every open connection.
+    stopped: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for OriginState {
+    fn default() -> Self {
+        OriginState {
+            scripts: Mutex::default(),
+            hits: Mutex::default(),
+            stopped: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+/// A scripted HTTP/1.1 origin on 127.0.0.1:0.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve(listener, Arc::default())
+    }
+
+    fn serve(listener: TcpListener, state: Arc<OriginState>) -> Origin {
+        let addr = listener.local_addr().unwrap();
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                let mut stopped = state.stopped.subscribe();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
+                });
+            }
+        });
+        Origin { addr, state, task }
+    }
+
+    /// Answers `path` with `script(request, n)`, where `n` counts this path's requests from 1.
+    pub fn route(&self, path: &str, script: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) {
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(script));
+    }
+
+    /// Answers `path` with the same cacheable text every time.
+    pub fn fixed(&self, path: &str, cache_control: &'static str, body: &'static str) {
+        self.route(path, move |_, _| {
+            Reply::ok(body).header("cache-control", cache_control)
+        });
+    }
+
+    /// How many requests reached `path` (path without query, as requested).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.hits.lock().unwrap().get(path).map_or(0, Vec::len)
+    }
+
+    /// Every request that reached `path`, oldest first.
+    pub fn seen(&self, path: &str) -> Vec<Seen> {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Stops accepting connections and drops the open ones: the port then refuses connections.
+    pub fn stop(&self) {
+        self.task.abort();
+        self.state.stopped.send_replace(true);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(
+    state: Arc<OriginState>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<BoxBody<Bytes, Infallible>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let seen = Seen {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+    };
+    let path = seen.uri.path().to_string();
+    let count = {
+        let mut hits = state.hits.lock().unwrap();
+        let list = hits.entry(path.clone()).or_default();
+        list.push(seen.clone());
+        list.len()
+    };
+    let script = state.scripts.lock().unwrap().get(&path).cloned();
+    let reply = match script {
+        Some(script) => script(&seen, count),
+        None => Reply::new(404, "no such path"),
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = http::Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        response = response.header(name, value);
+    }
+    let body = match reply.body {
+        ReplyBody::Full(bytes) => Full::new(bytes).boxed(),
+        ReplyBody::Stream(chunks) => {
+            let frames = futures_util::stream::unfold(chunks, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
+            });
+            StreamBody::new(frames).boxed()
+        }
+    };
+    Ok(response.body(body).unwrap())
+}
+
+/// A free loopback port: bound once by the kernel's ephemeral allocator, then released for
+/// the proxy to bind.
+pub fn free_port() -> SocketAddr {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A loopback address where nothing listens (connections are refused).
+pub fn closed_port() -> SocketAddr {
+    free_port()
+}
+
+struct TestShutdown(Arc<Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// The real proxy, built from config text and running until dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub storage: &'static edgecache::cache::MokaStorage,
+    shutdown: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `[server] listen` set to a free port and `body` (sites, cache
+    /// settings) after it. Returns once the proxy accepts connections.
+    pub fn start(body: &str) -> Proxy {
+        Proxy::start_with_server(body, "")
+    }
+
+    /// Like [`Proxy::start`], with extra `[server]` keys.
+    pub fn start_with_server(body: &str, server_keys: &str) -> Proxy {
+        let addr = free_port();
+        let text = format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{server_keys}\n{body}");
+        let config = edgecache::config::Config::parse(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let built = edgecache::server::build(&config, None).unwrap();
+        let storage = built.storage;
+        let shutdown = Arc::new(Notify::new());
+        let signal = TestShutdown(shutdown.clone());
+        let server = built.server;
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            });
+        });
+        wait_until_listening(addr);
+        Proxy {
+            addr,
+            storage,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// A proxy with one default site in front of `origin`, and extra `[cache]` keys.
+    pub fn for_origin(origin: &Origin, cache_keys: &str) -> Proxy {
+        Proxy::start(&format!(
+            "[cache]\n{cache_keys}\n[[site]]\nhosts = [\"127.0.0.1\", \"localhost\"]\norigins = [\"{}\"]\nread_timeout = \"2s\"\n",
+            origin.addr
+        ))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn wait_until_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An HTTP/1.1 client that never uses a system proxy and never decompresses.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Polls `check` until it holds or `within` passes (for effects of background work).
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `Cache-Status` header of a response.
+pub fn cache_status(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// GET `path` with extra headers; returns status, Cache-Status and body.
+pub async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut request = client().get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let cache = cache_status(&resp);
+    (status, cache, resp.text().await.unwrap())
+}
