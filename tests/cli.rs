@@ -1,0 +1,38 @@
+//! The command line: `--check` validates configs and reports errors with file, line and key.
+
+use std::process::Command;
+
+fn edgecache(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_the_example_and_the_built_in_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/edgecache.example.toml");
+    let out = edgecache(&["--check", "--config", example]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config is valid"));
+    assert!(edgecache(&["--check"]).status.success());
+}
+
+#[test]
+fn check_rejects_a_broken_config_naming_file_line_and_key() {
+    let broken = concat!(env!("CARGO_MANIFEST_DIR"), "/config/broken/bad-size.toml");
+    let out = edgecache(&["--check", "--config", broken]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{broken}:3: cache.max_memory: invalid size")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = edgecache(&["--check", "--config", "/nonexistent/edgecache.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/edgecache.toml: cannot read config"));
+}
