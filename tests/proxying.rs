@@ -137,8 +137,9 @@ async fn refused_origin_answers_502() {
         closed_port()
     ));
     let started = Instant::now();
-    let (status, _, _) = get(&proxy, "/", &[]).await;
+    let (status, cache, _) = get(&proxy, "/", &[]).await;
     assert_eq!(status, 502);
+    assert_eq!(cache, "edgecache; fwd=uri-miss; detail=origin-unreachable");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -153,9 +154,10 @@ async fn silent_origin_answers_504_after_the_read_timeout() {
         origin.addr
     ));
     let started = Instant::now();
-    let (status, _, _) = get(&proxy, "/silent", &[]).await;
+    let (status, cache, _) = get(&proxy, "/silent", &[]).await;
     let waited = started.elapsed();
     assert_eq!(status, 504);
+    assert!(cache.ends_with("detail=origin-timeout"), "{cache}");
     assert!(
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
         "{waited:?}"

@@ -60,6 +60,8 @@ pub struct CacheStatus<'a> {
     pub fwd_status: Option<u16>,
     /// Whether the response was stored (or its stored headers refreshed).
     pub stored: bool,
+    /// Extra explanation, e.g. why forwarding failed.
+    pub detail: Option<&'a str>,
 }
 
 impl CacheStatus<'_> {
@@ -90,10 +92,13 @@ impl CacheStatus<'_> {
         if self.stored {
             out.push_str("; stored");
         }
-        match self.outcome {
-            CacheOutcome::StaleWhileRevalidate => out.push_str("; detail=stale-while-revalidate"),
-            CacheOutcome::StaleIfError => out.push_str("; detail=stale-if-error"),
-            _ => {}
+        let detail = match self.outcome {
+            CacheOutcome::StaleWhileRevalidate => Some("stale-while-revalidate"),
+            CacheOutcome::StaleIfError => Some("stale-if-error"),
+            _ => self.detail,
+        };
+        if let Some(detail) = detail {
+            let _ = write!(out, "; detail={detail}");
         }
         out
     }
@@ -110,6 +115,7 @@ mod tests {
             ttl,
             fwd_status,
             stored,
+            detail: None,
         }
         .render()
     }

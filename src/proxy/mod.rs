@@ -170,6 +170,7 @@ impl EdgeProxy {
                 .map(remaining_ttl),
             fwd_status: ctx.upstream.status,
             stored,
+            detail: None,
         }
         .render()
     }
@@ -423,11 +424,22 @@ impl ProxyHttp for EdgeProxy {
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
-    /// Answers 504 for origin timeouts, 502 for other origin failures.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    /// Answers 504 for origin timeouts, 502 for other origin failures, with a `Cache-Status`
+    /// saying why.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let code = error_status(e);
         if code > 0 && session.response_written().is_none() {
-            if let Err(write_error) = session.respond_error(code).await {
+            let outcome = Self::cache_outcome(session, ctx);
+            ctx.cache.outcome = Some(outcome);
+            let status = CacheStatus {
+                name: &self.cache.status_name,
+                outcome,
+                ttl: None,
+                fwd_status: None,
+                stored: false,
+                detail: Some(error_detail(e)),
+            };
+            if let Err(write_error) = respond_error_with_status(session, code, status.render()).await {
                 tracing::debug!(error = %write_error, "could not send error response");
             }
         }
@@ -459,6 +471,28 @@ fn error_status(e: &Error) -> u16 {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     }
+}
+
+/// Short reason for a failed forward, for `Cache-Status` `detail`.
+fn error_detail(e: &Error) -> &'static str {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "origin-timeout",
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError => "origin-unreachable",
+        HTTPStatus(_) => "origin-error",
+        _ if e.esource() == &ErrorSource::Upstream => "origin-error",
+        _ => "proxy-error",
+    }
+}
+
+/// An empty error response carrying `Cache-Status`.
+async fn respond_error_with_status(session: &mut Session, code: u16, cache_status: String) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("cache-status", cache_status)?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), true).await
 }
 
 fn is_unsafe(method: &http::Method) -> bool {
