@@ -7,6 +7,10 @@ use clap::Parser;
 use edgecache::config::Config;
 use pingora::server::configuration::Opt;
 
+/// mimalloc: the hit path allocates per request, and glibc malloc cost ~10 % of a hit.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A caching reverse proxy and edge CDN node.
 #[derive(Parser, Debug)]
 #[command(name = "edgecache", version, about)]

@@ -5,6 +5,7 @@
 //! one URL maps to one entry whatever the client protocol. GET and HEAD share the entry (the
 //! method is not part of the key; pingora fetches HEAD misses as GET).
 
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
 
@@ -58,13 +59,15 @@ pub fn cache_key(target: &CacheTarget) -> CacheKey {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part);
     }
-    CacheKey::new(primary, "")
+    let mut key = CacheKey::new(primary, "");
+    // Hash once: pingora asks for the hash several times per request.
+    key.set_primary_bin_override(key.primary_bin());
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::cache::key::CacheHashKey;
 
     fn target(host: &str, path: &str) -> CacheTarget {
         CacheTarget {

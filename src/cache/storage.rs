@@ -7,7 +7,7 @@
 //! not used: moka already evicts (TinyLFU admission, LRU eviction).
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -18,33 +18,152 @@ use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 /// Bookkeeping bytes charged per entry on top of its body and headers (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 160;
 
 /// One stored response.
+///
+/// The header is kept parsed: pingora's serialized form compresses it with zstd, and
+/// decompressing and re-parsing it on every hit would cost more than the rest of the hit path.
 struct Entry {
-    /// `CacheMeta::serialize()` output: internal meta and compressed header.
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
+    header: ResponseHeader,
     body: Bytes,
     /// How long past insertion the entry is worth keeping.
     keep_for: Duration,
 }
 
+/// The non-header part of a `CacheMeta`.
+enum StoredMeta {
+    /// The common case, rebuilt with `CacheMeta::new` without any decoding: the entry's
+    /// provenance and last update are its creation time.
+    Fields {
+        fresh_until: SystemTime,
+        created: SystemTime,
+        stale_while_revalidate_sec: u32,
+        stale_if_error_sec: u32,
+        variance: Option<HashBinary>,
+        epoch_override: Option<SystemTime>,
+    },
+    /// Revalidated entries (whose update time or provenance differ from creation), kept in
+    /// pingora's serialized form so every field survives.
+    Serialized(Vec<u8>),
+}
+
+impl StoredMeta {
+    fn of(meta: &CacheMeta) -> Result<StoredMeta> {
+        if meta.updated() != meta.created() || meta.provenance() != meta.created() {
+            return Ok(StoredMeta::Serialized(meta.serialize()?.0));
+        }
+        Ok(StoredMeta::Fields {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+            stale_if_error_sec: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+        })
+    }
+
+    fn with_header(&self, header: ResponseHeader) -> Result<CacheMeta> {
+        match self {
+            StoredMeta::Fields {
+                fresh_until,
+                created,
+                stale_while_revalidate_sec,
+                stale_if_error_sec,
+                variance,
+                epoch_override,
+            } => {
+                let mut meta = CacheMeta::new(
+                    *fresh_until,
+                    *created,
+                    *stale_while_revalidate_sec,
+                    *stale_if_error_sec,
+                    header,
+                );
+                if let Some(variance) = variance {
+                    meta.set_variance(*variance);
+                }
+                if let Some(epoch) = epoch_override {
+                    meta.set_epoch_override(*epoch);
+                }
+                Ok(meta)
+            }
+            StoredMeta::Serialized(internal) => {
+                let mut meta = CacheMeta::deserialize(internal, blank_header()?)?;
+                *meta.response_header_mut() = header;
+                Ok(meta)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            StoredMeta::Fields { .. } => std::mem::size_of::<StoredMeta>(),
+            StoredMeta::Serialized(internal) => internal.len(),
+        }
+    }
+}
+
 impl Entry {
     fn new(meta: &CacheMeta, body: Bytes, keep_stale: Duration) -> Result<Entry> {
         Ok(Entry {
-            meta: meta.serialize()?,
+            meta: StoredMeta::of(meta)?,
+            header: without_name_case(meta.response_header())?,
             body,
             keep_for: retention(meta, keep_stale),
         })
     }
 
+    fn meta(&self) -> Result<CacheMeta> {
+        self.meta.with_header(self.header.clone())
+    }
+
     fn weight(&self) -> u32 {
-        let bytes = ENTRY_OVERHEAD + self.meta.0.len() + self.meta.1.len() + self.body.len();
+        let header_bytes: usize = self
+            .header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
+            .sum();
+        let bytes = ENTRY_OVERHEAD + self.meta.len() + header_bytes + self.body.len();
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
+}
+
+/// A copy of `header` that does not remember the origin's header-name case: half the maps to
+/// clone on every hit, and HTTP/2 clients get lower-case names anyway.
+fn without_name_case(header: &ResponseHeader) -> Result<ResponseHeader> {
+    let mut copy = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))?;
+    copy.set_version(header.version);
+    if let Some(reason) = header.get_reason_phrase() {
+        copy.set_reason_phrase(Some(reason))?;
+    }
+    for (name, value) in header.headers.iter() {
+        copy.append_header(name.clone(), value.clone())?;
+    }
+    Ok(copy)
+}
+
+/// Bookkeeping bytes charged per header field (map slot, name and value handles).
+const HEADER_FIELD_OVERHEAD: usize = 48;
+
+/// pingora's serialized form of an empty response header, which revalidated entries
+/// deserialize instead of their stored header before the parsed one is put in its place.
+fn blank_header() -> Result<&'static [u8]> {
+    static BLANK: OnceLock<Vec<u8>> = OnceLock::new();
+    if let Some(blank) = BLANK.get() {
+        return Ok(blank);
+    }
+    let now = SystemTime::now();
+    let blank = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, Some(0))?)
+        .serialize()?
+        .1;
+    Ok(BLANK.get_or_init(|| blank))
 }
 
 /// How long an entry stays: until it is past freshness and both stale windows, plus
@@ -136,7 +255,7 @@ impl Storage for MokaStorage {
         let Some(entry) = self.entries.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let meta = entry.meta()?;
         let hit = BodyHit {
             end: entry.body.len(),
             body: entry.body.clone(),
@@ -155,8 +274,7 @@ impl Storage for MokaStorage {
         Ok(Box::new(BodyFill {
             storage: self,
             hash: key.combined_bin(),
-            meta: meta.serialize()?,
-            keep_for: retention(meta, self.keep_stale),
+            entry: Entry::new(meta, Bytes::new(), self.keep_stale)?,
             body: BytesMut::new(),
         }))
     }
@@ -180,7 +298,7 @@ impl Storage for MokaStorage {
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(PurgeOutcome::NotFound);
         };
-        let mut meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let mut meta = entry.meta()?;
         meta.expire_at(SystemTime::now());
         self.replace_meta(hash, &meta)?;
         Ok(PurgeOutcome::Expired)
@@ -254,8 +372,8 @@ impl HandleHit for BodyHit {
 struct BodyFill {
     storage: &'static MokaStorage,
     hash: HashBinary,
-    meta: (Vec<u8>, Vec<u8>),
-    keep_for: Duration,
+    /// The entry to publish, without its body yet.
+    entry: Entry,
     body: BytesMut,
 }
 
@@ -269,9 +387,8 @@ impl HandleMiss for BodyFill {
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
         let entry = Entry {
-            meta: self.meta,
             body: self.body.freeze(),
-            keep_for: self.keep_for,
+            ..self.entry
         };
         self.storage.entries.insert(self.hash, Arc::new(entry));
         Ok(MissFinishType::Created(size))

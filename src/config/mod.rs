@@ -226,7 +226,13 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
     if server.threads == 0 {
         return Err(at.error("server.threads", "must be at least 1"));
     }
+    if !is_token(&server.via) {
+        return Err(at.error("server.via", "must be a single word of visible characters"));
+    }
     let cache = &file.cache;
+    if !is_token(&cache.status_name) {
+        return Err(at.error("cache.status_name", "must be a single word of visible characters"));
+    }
     if cache.max_memory.0 == 0 {
         return Err(at.error("cache.max_memory", "must be greater than zero"));
     }
@@ -279,6 +285,14 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         sites,
         demo_listen: file.demo.as_ref().map(|d| d.listen),
     })
+}
+
+/// An HTTP token: what `Via` pseudonyms and `Cache-Status` names must be.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b))
 }
 
 fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSettings, ConfigError> {

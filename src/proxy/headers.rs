@@ -1,7 +1,7 @@
 //! Header rewriting between client and origin: hop-by-hop removal and forwarding headers.
 
 use http::header::{HeaderName, CONNECTION};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
@@ -50,15 +50,36 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-/// This proxy's `Via` entry (RFC 9110 §7.6.3) for a message of the given version.
-pub fn via_value(version: http::Version, pseudonym: &str) -> String {
-    let protocol = match version {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    format!("{protocol} {pseudonym}")
+/// This proxy's `Via` entries (RFC 9110 §7.6.3), built once per protocol version.
+#[derive(Debug, Clone)]
+pub struct Via {
+    http10: HeaderValue,
+    http11: HeaderValue,
+    http2: HeaderValue,
+}
+
+impl Via {
+    /// `Via` values naming this proxy by `pseudonym` (validated as a header value by the config).
+    pub fn new(pseudonym: &str) -> Via {
+        let value = |protocol: &str| {
+            HeaderValue::from_str(&format!("{protocol} {pseudonym}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 edgecache"))
+        };
+        Via {
+            http10: value("1.0"),
+            http11: value("1.1"),
+            http2: value("2"),
+        }
+    }
+
+    /// The entry for a message received with `version`.
+    pub fn for_version(&self, version: http::Version) -> HeaderValue {
+        match version {
+            http::Version::HTTP_10 => self.http10.clone(),
+            http::Version::HTTP_2 => self.http2.clone(),
+            _ => self.http11.clone(),
+        }
+    }
 }
 
 /// Sets `X-Forwarded-For` (appending the client to any earlier list) and `X-Forwarded-Proto`.

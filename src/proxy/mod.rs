@@ -20,6 +20,7 @@ use pingora::cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler, RespCacheable,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
@@ -31,6 +32,9 @@ use crate::upstream::OriginPool;
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
 use routing::Router;
+
+/// The `Cache-Status` response header (RFC 9211).
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// Shards of the uncacheable-key predictor.
 const PREDICTOR_SHARDS: usize = 16;
@@ -81,7 +85,7 @@ pub struct EdgeProxy {
     sites: Vec<Site>,
     router: Router,
     cache: CacheEngine,
-    via: String,
+    via: headers::Via,
     access_log: bool,
 }
 
@@ -101,7 +105,7 @@ impl EdgeProxy {
             sites,
             router,
             cache,
-            via: config.server.via.clone(),
+            via: headers::Via::new(&config.server.via),
             access_log: config.server.access_log,
         })
     }
@@ -224,6 +228,10 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx::new()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) compression module whose
+    /// per-request bookkeeping costs hit throughput for nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     /// Routes the request to a site, or answers 400/404.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.route(session, ctx).await
@@ -345,7 +353,7 @@ impl ProxyHttp for EdgeProxy {
         headers::strip_request_hop_by_hop(upstream_request);
         upstream_request.append_header(
             http::header::VIA,
-            headers::via_value(session.req_header().version, &self.via),
+            self.via.for_version(session.req_header().version),
         )?;
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let scheme = ctx.route.target.as_ref().map_or("http", |t| t.scheme);
@@ -406,9 +414,9 @@ impl ProxyHttp for EdgeProxy {
         resp.remove_header(CDN_CACHE_CONTROL);
         resp.append_header(
             http::header::VIA,
-            headers::via_value(session.req_header().version, &self.via),
+            self.via.for_version(session.req_header().version),
         )?;
-        resp.insert_header("cache-status", self.cache_status_header(session, ctx, outcome))?;
+        resp.insert_header(CACHE_STATUS, self.cache_status_header(session, ctx, outcome))?;
         self.invalidate_after_unsafe(session.req_header(), resp, ctx);
         Ok(())
     }
