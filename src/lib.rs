@@ -18,4 +18,5 @@ pub mod demo;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -1,7 +1,10 @@
 //! Assembles the pingora server from a [`Config`]: process settings, the proxy service and its
 //! listeners, and the optional demo origin.
 
+use std::sync::Arc;
+
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -9,6 +12,7 @@ use pingora::server::Server;
 use crate::config::Config;
 use crate::demo;
 use crate::proxy::{CacheEngine, EdgeProxy};
+use crate::tls::SniResolver;
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +20,9 @@ pub enum BuildError {
     /// An origin address could not be turned into a backend.
     #[error("cannot set up origins: {0}")]
     Origins(#[from] std::io::Error),
+    /// A TLS listener could not be set up.
+    #[error("cannot set up TLS listener: {0}")]
+    Tls(Box<pingora::Error>),
 }
 
 /// A server ready to run, with handles the caller may want (tests read cache stats).
@@ -24,6 +31,45 @@ pub struct EdgeServer {
     pub server: Server,
     /// The cache storage shared by all requests.
     pub storage: &'static crate::cache::MokaStorage,
+}
+
+/// Certificates expiring sooner than this are warned about at startup.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
+/// Adds the HTTPS listeners: certificates chosen by SNI among the sites, HTTP/2 by ALPN.
+fn add_tls_listeners<A>(
+    config: &Config,
+    service: &mut pingora::services::listening::Service<A>,
+) -> Result<(), BuildError> {
+    if config.server.listen_tls.is_empty() {
+        return Ok(());
+    }
+    let tls_sites: Vec<_> = config
+        .sites
+        .iter()
+        .filter_map(|site| site.tls.as_ref().map(|cert| (site, cert)))
+        .collect();
+    for (site, cert) in &tls_sites {
+        if cert.expires_within(EXPIRY_WARNING) {
+            tracing::warn!(hosts = ?site.hosts, not_after = ?cert.not_after, "TLS certificate expires within 14 days");
+        }
+    }
+    let default = tls_sites
+        .iter()
+        .find(|(site, _)| site.default)
+        .or(tls_sites.first())
+        .map(|(_, cert)| *cert);
+    let resolver = Arc::new(SniResolver::new(
+        tls_sites.iter().map(|(site, cert)| (&site.hosts[..], *cert)),
+        default,
+    ));
+    for addr in &config.server.listen_tls {
+        let mut settings = TlsSettings::intermediate("", "").map_err(BuildError::Tls)?;
+        settings.set_cert_resolver(resolver.clone());
+        settings.enable_h2();
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    Ok(())
 }
 
 /// pingora's process settings derived from our config.
@@ -58,6 +104,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }
+    add_tls_listeners(config, &mut service)?;
     server.add_service(service);
     if let Some(addr) = config.demo_listen {
         server.add_service(demo::service(addr));

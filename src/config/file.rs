@@ -34,6 +34,8 @@ pub struct FileConfig {
 pub struct ServerSection {
     /// Plain HTTP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listen addresses (certificates come from the sites).
+    pub listen_tls: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// Accept cleartext HTTP/2 with prior knowledge on the plain listeners.
@@ -56,6 +58,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            listen_tls: Vec::new(),
             threads: 2,
             h2c: false,
             via: "edgecache".into(),
@@ -139,6 +142,15 @@ pub struct SiteSection {
     /// Timeout for each write to an origin.
     #[serde(default = "default_read_timeout")]
     pub write_timeout: HumanDuration,
+    /// PEM certificate chain (leaf first) served for this site's hosts on TLS listeners.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Answer plain HTTP requests with a 308 redirect to HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` value added to HTTPS responses.
+    pub hsts: Option<String>,
 }
 
 /// `[demo]`: a sample origin inside the binary, so the proxy can be tried with nothing else running.

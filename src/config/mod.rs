@@ -64,6 +64,8 @@ pub struct Config {
 pub struct ServerSettings {
     /// Plain HTTP listen addresses (at least one).
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listen addresses.
+    pub listen_tls: Vec<SocketAddr>,
     /// Worker threads of the proxy service (at least one).
     pub threads: usize,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
@@ -128,6 +130,12 @@ pub struct SiteSettings {
     pub read_timeout: Duration,
     /// Per-write timeout.
     pub write_timeout: Duration,
+    /// Certificate for this site's hosts on TLS listeners.
+    pub tls: Option<crate::tls::LoadedCertificate>,
+    /// Redirect plain HTTP to HTTPS.
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` value for HTTPS responses.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Config {
@@ -174,6 +182,14 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// `path` as written in the config, made relative to the config file's directory.
+    fn relative(&self, path: &Path) -> PathBuf {
+        match self.source.parent() {
+            Some(dir) if path.is_relative() && self.source.is_file() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.source.to_path_buf(),
@@ -245,6 +261,12 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
     if file.sites.is_empty() {
         return Err(at.error("site", "at least one [[site]] is required"));
     }
+    if !server.listen_tls.is_empty() && file.sites.iter().all(|s| s.tls_cert.is_none()) {
+        return Err(at.error(
+            "server.listen_tls",
+            "TLS listeners need at least one site with tls_cert and tls_key",
+        ));
+    }
     let mut sites = Vec::with_capacity(file.sites.len());
     for (index, site) in file.sites.iter().enumerate() {
         sites.push(freeze_site(site, index, at)?);
@@ -262,6 +284,7 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         source: at.source.to_path_buf(),
         server: ServerSettings {
             listen: server.listen.clone(),
+            listen_tls: server.listen_tls.clone(),
             threads: server.threads,
             h2c: server.h2c,
             via: server.via.clone(),
@@ -342,7 +365,45 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         connect_timeout: site.connect_timeout.0,
         read_timeout: site.read_timeout.0,
         write_timeout: site.write_timeout.0,
+        tls: site_certificate(site, index, at)?,
+        redirect_https: site.redirect_https,
+        hsts: site_hsts(site, index, at)?,
     })
+}
+
+/// Loads the site's certificate and key, when it has them; paths are relative to the config
+/// file's directory.
+fn site_certificate(
+    site: &SiteSection,
+    index: usize,
+    at: &Locator,
+) -> Result<Option<crate::tls::LoadedCertificate>, ConfigError> {
+    let key = |field: &str| format!("site[{index}].{field}");
+    let (cert_file, key_file) = match (&site.tls_cert, &site.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (at.relative(cert), at.relative(key)),
+        (Some(_), None) => return Err(at.error(&key("tls_cert"), "tls_key is required with tls_cert")),
+        (None, Some(_)) => return Err(at.error(&key("tls_key"), "tls_cert is required with tls_key")),
+    };
+    crate::tls::LoadedCertificate::load(&cert_file, &key_file)
+        .map(Some)
+        .map_err(|message| at.error(&key("tls_cert"), message))
+}
+
+fn site_hsts(
+    site: &SiteSection,
+    index: usize,
+    at: &Locator,
+) -> Result<Option<http::HeaderValue>, ConfigError> {
+    let Some(hsts) = &site.hsts else { return Ok(None) };
+    let valid = hsts.to_ascii_lowercase().contains("max-age=");
+    match http::HeaderValue::from_str(hsts) {
+        Ok(value) if valid => Ok(Some(value)),
+        _ => Err(at.error(
+            &format!("site[{index}].hsts"),
+            format!("invalid Strict-Transport-Security value {hsts:?}: expected e.g. \"max-age=31536000\""),
+        )),
+    }
 }
 
 fn resolve_origin(origin: &str) -> Result<SocketAddr, String> {

@@ -42,6 +42,8 @@ impl Default for RequestCtx {
 pub struct Route {
     /// Index of the site serving the request.
     pub site: Option<usize>,
+    /// `https` when the request came over TLS, else `http`.
+    pub scheme: &'static str,
     /// Scheme, host and path used for the cache key and invalidation.
     pub target: Option<CacheTarget>,
 }

@@ -87,6 +87,8 @@ pub struct EdgeProxy {
     cache: CacheEngine,
     via: headers::Via,
     access_log: bool,
+    /// Port of the first TLS listener, for HTTPS redirects (None: 443 or no TLS listener).
+    https_port: Option<u16>,
 }
 
 impl EdgeProxy {
@@ -106,6 +108,12 @@ impl EdgeProxy {
             router,
             cache,
             via: headers::Via::new(&config.server.via),
+            https_port: config
+                .server
+                .listen_tls
+                .first()
+                .map(|a| a.port())
+                .filter(|p| *p != 443),
             access_log: config.server.access_log,
         })
     }
@@ -136,8 +144,31 @@ impl EdgeProxy {
             "http"
         };
         ctx.route.site = Some(site);
+        ctx.route.scheme = scheme;
         ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
+        if scheme == "http" && self.sites[site].settings.redirect_https {
+            self.redirect_to_https(session, &host).await?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    /// Answers a plain HTTP request with a 308 to the same path and query over HTTPS.
+    async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
+        let path = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let location = match self.https_port {
+            Some(port) => format!("https://{host}:{port}{path}"),
+            None => format!("https://{host}{path}"),
+        };
+        let mut resp = ResponseHeader::build(308, Some(3))?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session.write_response_header(Box::new(resp), true).await
     }
 
     /// Outcome of the cache for this response, from pingora's phase and what the ctx saw.
@@ -356,8 +387,7 @@ impl ProxyHttp for EdgeProxy {
             self.via.for_version(session.req_header().version),
         )?;
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let scheme = ctx.route.target.as_ref().map_or("http", |t| t.scheme);
-        headers::set_forwarded(upstream_request, client_ip, scheme);
+        headers::set_forwarded(upstream_request, client_ip, ctx.route.scheme);
         Ok(())
     }
 
@@ -417,6 +447,11 @@ impl ProxyHttp for EdgeProxy {
             self.via.for_version(session.req_header().version),
         )?;
         resp.insert_header(CACHE_STATUS, self.cache_status_header(session, ctx, outcome))?;
+        if ctx.route.scheme == "https" {
+            if let Some(hsts) = self.site(ctx).and_then(|s| s.settings.hsts.clone()) {
+                resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+            }
+        }
         self.invalidate_after_unsafe(session.req_header(), resp, ctx);
         Ok(())
     }

@@ -308,7 +308,8 @@ impl Drop for Proxy {
     }
 }
 
-fn wait_until_listening(addr: SocketAddr) {
+/// Waits until something accepts connections on `addr` (a readiness check, not a sleep).
+pub fn wait_until_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(

@@ -1,0 +1,135 @@
+//! TLS termination: per-site certificates chosen by SNI, with a default for clients that send
+//! no (or an unknown) server name.
+//!
+//! Certificates are loaded and checked while the config is validated, so `--check` reports a
+//! missing file, a file without a certificate or key, or a key that does not belong to the
+//! certificate, naming the file and the site.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// A certificate chain with its private key, ready to serve.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    /// The chain and key for rustls.
+    pub key: Arc<CertifiedKey>,
+    /// End of validity of the leaf certificate.
+    pub not_after: SystemTime,
+}
+
+impl LoadedCertificate {
+    /// Loads a PEM chain (leaf first) and its PEM private key, checking that they match.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<LoadedCertificate, String> {
+        let chain = read_chain(cert_file)?;
+        let key = read_key(key_file)?;
+        let provider = rustls::crypto::ring::default_provider();
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            format!(
+                "{} and {} do not form a key pair: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
+        let not_after = leaf_not_after(&certified).map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        Ok(LoadedCertificate {
+            key: Arc::new(certified),
+            not_after,
+        })
+    }
+
+    /// Whether the certificate expires within `window` from now.
+    pub fn expires_within(&self, window: Duration) -> bool {
+        self.not_after <= SystemTime::now() + window
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chain = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate found (expected PEM \"BEGIN CERTIFICATE\")",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| format!("{}: not a PEM key file: {e}", path.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{}: no private key found (expected PEM \"BEGIN PRIVATE KEY\")",
+                path.display()
+            )
+        })
+}
+
+fn leaf_not_after(key: &CertifiedKey) -> Result<SystemTime, String> {
+    let leaf = key.end_entity_cert().map_err(|e| e.to_string())?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let seconds = parsed.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+}
+
+/// Chooses the certificate for a TLS handshake by SNI: exact host, then a `*.` wildcard host of
+/// a site, then the default certificate.
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// A resolver over `(hosts, certificate)` of each TLS site; `default` answers clients
+    /// without SNI or with an unknown name.
+    pub fn new<'a>(
+        sites: impl IntoIterator<Item = (&'a [String], &'a LoadedCertificate)>,
+        default: Option<&LoadedCertificate>,
+    ) -> SniResolver {
+        let mut resolver = SniResolver {
+            default: default.map(|c| c.key.clone()),
+            ..SniResolver::default()
+        };
+        for (hosts, certificate) in sites {
+            for host in hosts {
+                resolver
+                    .by_host
+                    .entry(host.clone())
+                    .or_insert_with(|| certificate.key.clone());
+            }
+        }
+        resolver
+    }
+
+    /// The certificate for a server name (already lower-case in rustls).
+    pub fn certificate_for(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = server_name.and_then(|name| {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            self.by_host.get(&name).cloned().or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.by_host.get(&format!("*.{parent}")).cloned()
+            })
+        });
+        by_name.or_else(|| self.default.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.certificate_for(client_hello.server_name())
+    }
+}

@@ -1,0 +1,213 @@
+//! TLS termination: certificates by SNI, HTTP/2 by ALPN, HTTPS redirects and HSTS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use common::{free_port, wait_until_listening, Origin, Proxy};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+/// A throwaway CA and a leaf certificate per host, written as PEM files to a fresh directory.
+struct TestPki {
+    dir: PathBuf,
+    ca_pem: String,
+    leaf_der: Vec<(String, Vec<u8>)>,
+}
+
+impl TestPki {
+    fn new(name: &str, hosts: &[&str]) -> TestPki {
+        let dir = std::env::temp_dir().join(format!("edgecache-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut leaf_der = Vec::new();
+        for host in hosts {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![host.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            std::fs::write(dir.join(format!("{host}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{host}.key")), key.serialize_pem()).unwrap();
+            leaf_der.push((host.to_string(), cert.der().to_vec()));
+        }
+        TestPki {
+            dir,
+            ca_pem: ca.pem(),
+            leaf_der,
+        }
+    }
+
+    fn cert(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.pem"))
+    }
+
+    fn key(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.key"))
+    }
+
+    fn leaf(&self, host: &str) -> &[u8] {
+        &self.leaf_der.iter().find(|(h, _)| h == host).unwrap().1
+    }
+
+    /// A client trusting the CA that sends `host` to `addr`.
+    fn client(&self, tls_addr: SocketAddr, hosts: &[&str], http1_only: bool) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_info(true)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap());
+        for host in hosts {
+            builder = builder.resolve(host, tls_addr);
+        }
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn site(hosts: &str, origin: &Origin, pki: &TestPki, host: &str, extra: &str) -> String {
+    format!(
+        "[[site]]\nhosts = [{hosts}]\norigins = [\"{}\"]\ntls_cert = {:?}\ntls_key = {:?}\n{extra}\n",
+        origin.addr,
+        pki.cert(host),
+        pki.key(host)
+    )
+}
+
+fn start(body: &str) -> (Proxy, SocketAddr) {
+    let tls_addr = free_port();
+    let proxy = Proxy::start_with_server(body, &format!("listen_tls = [\"{tls_addr}\"]"));
+    wait_until_listening(tls_addr);
+    (proxy, tls_addr)
+}
+
+fn peer_certificate(resp: &reqwest::Response) -> Vec<u8> {
+    let info = resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("tls info");
+    info.peer_certificate().expect("peer certificate").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sni_name_gets_its_sites_certificate_over_http2() {
+    let pki = TestPki::new("sni", &["a.test", "b.test"]);
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.fixed("/", "no-store", "site a");
+    b.fixed("/", "no-store", "site b");
+    let body = site("\"a.test\"", &a, &pki, "a.test", "") + &site("\"b.test\"", &b, &pki, "b.test", "");
+    let (_proxy, tls_addr) = start(&body);
+    let client = pki.client(tls_addr, &["a.test", "b.test"], false);
+    for host in ["a.test", "b.test"] {
+        let resp = client
+            .get(format!("https://{host}:{}/", tls_addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(peer_certificate(&resp), pki.leaf(host));
+        assert_eq!(resp.text().await.unwrap(), format!("site {}", &host[..1]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_over_tls_share_one_cache_entry() {
+    let pki = TestPki::new("share", &["a.test"]);
+    let origin = Origin::start().await;
+    origin.fixed("/shared", "max-age=60", "cached once");
+    let (_proxy, tls_addr) = start(&site("\"a.test\"", &origin, &pki, "a.test", ""));
+    let url = format!("https://a.test:{}/shared", tls_addr.port());
+    let h1 = pki
+        .client(tls_addr, &["a.test"], true)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    let h2 = pki
+        .client(tls_addr, &["a.test"], false)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert!(
+        common::cache_status(&h2).contains("hit"),
+        "{}",
+        common::cache_status(&h2)
+    );
+    assert_eq!(origin.hits("/shared"), 1);
+    assert_eq!(origin.seen("/shared")[0].headers["x-forwarded-proto"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_redirected_and_https_carries_hsts() {
+    let pki = TestPki::new("redirect", &["a.test"]);
+    let origin = Origin::start().await;
+    origin.fixed("/page", "no-store", "secure");
+    let extra = "redirect_https = true\nhsts = \"max-age=31536000\"";
+    let (proxy, tls_addr) = start(&site("\"a.test\"", &origin, &pki, "a.test", extra));
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = plain
+        .get(proxy.url("/page?x=1"))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://a.test:{}/page?x=1", tls_addr.port())
+    );
+    assert!(!resp.headers().contains_key("strict-transport-security"));
+    let secure = pki.client(tls_addr, &["a.test"], false);
+    let resp = secure
+        .get(format!("https://a.test:{}/page", tls_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(resp.text().await.unwrap(), "secure");
+    assert_eq!(origin.hits("/page"), 1, "the redirect did not reach the origin");
+}
+
+fn check(text: &str) -> String {
+    edgecache::config::Config::parse(text, Path::new("tls.toml"))
+        .expect_err("must be rejected")
+        .to_string()
+}
+
+#[test]
+fn broken_certificates_are_clear_config_errors() {
+    let pki = TestPki::new("broken", &["a.test", "b.test"]);
+    let garbage = pki.dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let site = |cert: &Path, key: &Path| {
+        format!("[[site]]\nhosts = [\"a.test\"]\norigins = [\"127.0.0.1:1\"]\ntls_cert = {cert:?}\ntls_key = {key:?}\n")
+    };
+    let err = check(&site(&garbage, &pki.key("a.test")));
+    assert!(
+        err.contains("tls.toml:4: site[0].tls_cert:") && err.contains("no certificate found"),
+        "{err}"
+    );
+    let err = check(&site(&pki.cert("a.test"), &pki.key("b.test")));
+    assert!(
+        err.contains("site[0].tls_cert") && err.contains("do not form a key pair"),
+        "{err}"
+    );
+    let err = check(&site(&pki.dir.join("missing.pem"), &pki.key("a.test")));
+    assert!(err.contains("missing.pem"), "{err}");
+    let err = check(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n[[site]]\nhosts = [\"a\"]\norigins = [\"127.0.0.1:1\"]\n",
+    );
+    assert!(err.contains("server.listen_tls"), "{err}");
+}
