@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod upstream;

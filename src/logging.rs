@@ -1,4 +1,5 @@
-//! Log setup: one `tracing` subscriber for our events, pingora's `log` output and access logs.
+//! Log setup: one `tracing` subscriber, on stderr, for our events, pingora's `log` output and
+//! access logs.
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +11,8 @@ pub fn init() {
     let json = std::env::var("EDGECACHE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_writer(std::io::stderr);
     let result = if json {
         builder.json().try_init()
     } else {

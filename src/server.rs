@@ -12,7 +12,9 @@ use pingora::server::Server;
 use crate::config::Config;
 use crate::demo;
 use crate::proxy::{CacheEngine, EdgeProxy};
+use crate::reload::Reloader;
 use crate::tls::SniResolver;
+use pingora::services::background::background_service;
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -33,36 +35,12 @@ pub struct EdgeServer {
     pub storage: &'static crate::cache::MokaStorage,
 }
 
-/// Certificates expiring sooner than this are warned about at startup.
-const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
-
-/// Adds the HTTPS listeners: certificates chosen by SNI among the sites, HTTP/2 by ALPN.
+/// Adds the HTTPS listeners, with certificates chosen by SNI among the sites and HTTP/2 by ALPN.
 fn add_tls_listeners<A>(
     config: &Config,
+    resolver: &Arc<SniResolver>,
     service: &mut pingora::services::listening::Service<A>,
 ) -> Result<(), BuildError> {
-    if config.server.listen_tls.is_empty() {
-        return Ok(());
-    }
-    let tls_sites: Vec<_> = config
-        .sites
-        .iter()
-        .filter_map(|site| site.tls.as_ref().map(|cert| (site, cert)))
-        .collect();
-    for (site, cert) in &tls_sites {
-        if cert.expires_within(EXPIRY_WARNING) {
-            tracing::warn!(hosts = ?site.hosts, not_after = ?cert.not_after, "TLS certificate expires within 14 days");
-        }
-    }
-    let default = tls_sites
-        .iter()
-        .find(|(site, _)| site.default)
-        .or(tls_sites.first())
-        .map(|(_, cert)| *cert);
-    let resolver = Arc::new(SniResolver::new(
-        tls_sites.iter().map(|(site, cert)| (&site.hosts[..], *cert)),
-        default,
-    ));
     for addr in &config.server.listen_tls {
         let mut settings = TlsSettings::intermediate("", "").map_err(BuildError::Tls)?;
         settings.set_cert_resolver(resolver.clone());
@@ -104,8 +82,14 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }
-    add_tls_listeners(config, &mut service)?;
-    server.add_service(service);
+    let certificates = Arc::new(SniResolver::new(config));
+    add_tls_listeners(config, &certificates, &mut service)?;
+    // The reload service installs its SIGHUP handler before the listeners open, so a HUP sent
+    // once the proxy accepts connections is always handled (never the default: terminate).
+    let reloader = Reloader::new(config, certificates);
+    let reload_handle = server.add_service(background_service("config reload", reloader));
+    let proxy_handle = server.add_service(service);
+    proxy_handle.add_dependency(&reload_handle);
     if let Some(addr) = config.demo_listen {
         server.add_service(demo::service(addr));
     }

@@ -9,12 +9,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::config::Config;
 
 /// A certificate chain with its private key, ready to serve.
 #[derive(Debug, Clone)]
@@ -85,46 +87,88 @@ fn leaf_not_after(key: &CertifiedKey) -> Result<SystemTime, String> {
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
 }
 
-/// Chooses the certificate for a TLS handshake by SNI: exact host, then a `*.` wildcard host of
-/// a site, then the default certificate.
+/// Certificates expiring sooner than this are warned about at startup and on reload.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// The certificates of one config: by host, plus the default.
 #[derive(Debug, Default)]
-pub struct SniResolver {
+struct CertificateTable {
     by_host: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
-impl SniResolver {
-    /// A resolver over `(hosts, certificate)` of each TLS site; `default` answers clients
-    /// without SNI or with an unknown name.
-    pub fn new<'a>(
-        sites: impl IntoIterator<Item = (&'a [String], &'a LoadedCertificate)>,
-        default: Option<&LoadedCertificate>,
-    ) -> SniResolver {
-        let mut resolver = SniResolver {
-            default: default.map(|c| c.key.clone()),
-            ..SniResolver::default()
+impl CertificateTable {
+    /// Every site with a certificate contributes its hosts; the default site's certificate (or
+    /// the first one) answers clients without a known server name.
+    fn of(config: &Config) -> CertificateTable {
+        let tls_sites: Vec<_> = config
+            .sites
+            .iter()
+            .filter_map(|s| s.tls.as_ref().map(|c| (s, c)))
+            .collect();
+        let default = tls_sites
+            .iter()
+            .find(|(site, _)| site.default)
+            .or(tls_sites.first());
+        let mut table = CertificateTable {
+            default: default.map(|(_, c)| c.key.clone()),
+            ..Default::default()
         };
-        for (hosts, certificate) in sites {
-            for host in hosts {
-                resolver
+        for (site, certificate) in &tls_sites {
+            if certificate.expires_within(EXPIRY_WARNING) {
+                tracing::warn!(hosts = ?site.hosts, not_after = %httpdate::fmt_http_date(certificate.not_after),
+                    "TLS certificate expires within 14 days");
+            }
+            for host in &site.hosts {
+                table
                     .by_host
                     .entry(host.clone())
                     .or_insert_with(|| certificate.key.clone());
             }
         }
-        resolver
+        table
+    }
+}
+
+/// Chooses the certificate for a TLS handshake by SNI: exact host, then a `*.` wildcard host of
+/// a site, then the default certificate. The table can be replaced while serving (config reload).
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    table: RwLock<Arc<CertificateTable>>,
+}
+
+impl SniResolver {
+    /// A resolver over the certificates of `config`.
+    pub fn new(config: &Config) -> SniResolver {
+        SniResolver {
+            table: RwLock::new(Arc::new(CertificateTable::of(config))),
+        }
     }
 
-    /// The certificate for a server name (already lower-case in rustls).
+    /// Serves the certificates of `config` from the next handshake on.
+    pub fn replace(&self, config: &Config) {
+        let table = Arc::new(CertificateTable::of(config));
+        *self
+            .table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = table;
+    }
+
+    /// The certificate for a server name.
     pub fn certificate_for(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let by_name = server_name.and_then(|name| {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            self.by_host.get(&name).cloned().or_else(|| {
+            table.by_host.get(&name).cloned().or_else(|| {
                 let (_, parent) = name.split_once('.')?;
-                self.by_host.get(&format!("*.{parent}")).cloned()
+                table.by_host.get(&format!("*.{parent}")).cloned()
             })
         });
-        by_name.or_else(|| self.default.clone())
+        by_name.or_else(|| table.default.clone())
     }
 }
 

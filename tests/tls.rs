@@ -11,6 +11,8 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 /// A throwaway CA and a leaf certificate per host, written as PEM files to a fresh directory.
 struct TestPki {
     dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
     ca_pem: String,
     leaf_der: Vec<(String, Vec<u8>)>,
 }
@@ -23,22 +25,30 @@ impl TestPki {
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut leaf_der = Vec::new();
-        for host in hosts {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec![host.to_string()])
-                .unwrap()
-                .signed_by(&key, &ca, &ca_key)
-                .unwrap();
-            std::fs::write(dir.join(format!("{host}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{host}.key")), key.serialize_pem()).unwrap();
-            leaf_der.push((host.to_string(), cert.der().to_vec()));
-        }
-        TestPki {
+        let ca_pem = ca.pem();
+        let mut pki = TestPki {
             dir,
-            ca_pem: ca.pem(),
-            leaf_der,
+            ca,
+            ca_key,
+            ca_pem,
+            leaf_der: Vec::new(),
+        };
+        for host in hosts {
+            pki.issue(host);
         }
+        pki
+    }
+
+    /// Issues a new key pair and certificate for `host`, replacing its files; returns the DER.
+    fn issue(&mut self, host: &str) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        std::fs::write(self.cert(host), cert.pem()).unwrap();
+        std::fs::write(self.key(host), key.serialize_pem()).unwrap();
+        self.leaf_der.retain(|(h, _)| h != host);
+        self.leaf_der.push((host.to_string(), cert.der().to_vec()));
+        cert.der().to_vec()
     }
 
     fn cert(&self, host: &str) -> PathBuf {
@@ -67,6 +77,12 @@ impl TestPki {
             builder = builder.http1_only();
         }
         builder.build().unwrap()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -178,6 +194,90 @@ async fn plain_http_is_redirected_and_https_carries_hsts() {
     assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
     assert_eq!(resp.text().await.unwrap(), "secure");
     assert_eq!(origin.hits("/page"), 1, "the redirect did not reach the origin");
+}
+
+/// The certificate a fresh TLS connection to `host` is served.
+async fn served_certificate(pki: &TestPki, tls_addr: SocketAddr, host: &str) -> Vec<u8> {
+    let client = pki.client(tls_addr, &[host], false);
+    let resp = client
+        .get(format!("https://{host}:{}/", tls_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    peer_certificate(&resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
+    use std::io::BufRead;
+    let mut pki = TestPki::new("reload", &["a.test"]);
+    let (plain_addr, tls_addr) = (free_port(), free_port());
+    let config = pki.dir.join("edgecache.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{plain_addr}\"]\nlisten_tls = [\"{tls_addr}\"]\nthreads = 1\n\
+         upgrade_sock = {:?}\n[[site]]\nhosts = [\"a.test\"]\norigins = [\"{}\"]\n\
+         tls_cert = \"a.test.pem\"\ntls_key = \"a.test.key\"\n",
+        pki.dir.join("upgrade.sock"),
+        common::closed_port()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (log_lines, logs) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_lines.send(line);
+        }
+    });
+    let hangup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    wait_until_listening(tls_addr);
+    assert_eq!(
+        served_certificate(&pki, tls_addr, "a.test").await,
+        pki.leaf("a.test")
+    );
+
+    let renewed = pki.issue("a.test");
+    hangup(child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served_certificate(&pki, tls_addr, "a.test").await != renewed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "renewed certificate not served after SIGHUP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    std::fs::write(pki.cert("a.test"), "broken").unwrap();
+    hangup(child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let rejected = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match logs.recv_timeout(left) {
+            Ok(line) if line.contains("config reload rejected") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    assert!(
+        rejected.as_ref().is_some_and(|line| line.contains("a.test.pem")),
+        "{rejected:?} after {seen:#?}"
+    );
+    assert_eq!(served_certificate(&pki, tls_addr, "a.test").await, renewed);
+    assert!(child.try_wait().unwrap().is_none(), "the proxy must keep running");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 fn check(text: &str) -> String {
