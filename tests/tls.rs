@@ -311,3 +311,23 @@ fn broken_certificates_are_clear_config_errors() {
     );
     assert!(err.contains("server.listen_tls"), "{err}");
 }
+
+#[test]
+fn certificates_close_to_expiry_are_detected() {
+    let pki = TestPki::new("expiry", &["a.test"]);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["soon.test".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_before = rcgen::date_time_ymd(1999, 1, 1);
+    let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    let (cert_file, key_file) = (pki.dir.join("soon.pem"), pki.dir.join("soon.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let soon = edgecache::tls::LoadedCertificate::load(&cert_file, &key_file).unwrap();
+    assert!(soon.expires_within(edgecache::tls::EXPIRY_WARNING));
+    let fresh = edgecache::tls::LoadedCertificate::load(&pki.cert("a.test"), &pki.key("a.test")).unwrap();
+    assert!(
+        !fresh.expires_within(edgecache::tls::EXPIRY_WARNING),
+        "rcgen's default validity is years"
+    );
+}
