@@ -14,6 +14,7 @@ use crate::demo;
 use crate::proxy::{CacheEngine, EdgeProxy};
 use crate::reload::Reloader;
 use crate::tls::SniResolver;
+use crate::upstream::{health_events, HealthEvents};
 use pingora::services::background::background_service;
 
 /// Why the server could not be built.
@@ -33,6 +34,8 @@ pub struct EdgeServer {
     pub server: Server,
     /// The cache storage shared by all requests.
     pub storage: &'static crate::cache::MokaStorage,
+    /// Origin health changes, for whoever subscribes.
+    pub health_events: HealthEvents,
 }
 
 /// Adds the HTTPS listeners, with certificates chosen by SNI among the sites and HTTP/2 by ALPN.
@@ -70,7 +73,11 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     server.bootstrap();
     let cache = CacheEngine::new(config);
     let storage = cache.storage;
-    let proxy = EdgeProxy::new(config, cache)?;
+    let health_events = health_events();
+    let (proxy, health_checks) = EdgeProxy::new(config, cache, &health_events)?;
+    for check in health_checks {
+        server.add_boxed_service(check);
+    }
     let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
     if config.server.h2c {
         let mut options = HttpServerOptions::default();
@@ -93,5 +100,9 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     if let Some(addr) = config.demo_listen {
         server.add_service(demo::service(addr));
     }
-    Ok(EdgeServer { server, storage })
+    Ok(EdgeServer {
+        server,
+        storage,
+        health_events,
+    })
 }

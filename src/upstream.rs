@@ -1,20 +1,258 @@
 //! Origin pools: which origin a forwarded request goes to, and how it is connected.
+//!
+//! Each site has a primary pool and an optional backup pool, each a pingora `LoadBalancer`
+//! (weighted round robin, random, or Ketama consistent hashing on the URL). Active health checks
+//! run as pingora background services; a passive circuit breaker ejects an origin after
+//! consecutive connection failures or 5xx answers, until a cool-down passes and one trial
+//! request decides. Backups are used only while no primary is usable.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use pingora::http::ResponseHeader;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::services::background::background_service;
+use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::SiteSettings;
+use crate::config::{HealthCheckKind, HealthCheckSettings, LbPolicy, OriginSettings, SiteSettings};
 
-/// How many backends the selector may try before giving up on finding a healthy one.
+/// How many backends the selector may try before giving up on finding a usable one.
 const MAX_SELECT_ITERATIONS: usize = 256;
+
+/// A change of an origin's health, seen by an active check or the circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    /// First host of the site (its name in logs).
+    pub site: String,
+    /// The origin address.
+    pub origin: String,
+    /// Its new state.
+    pub healthy: bool,
+}
+
+/// Where health changes are published (for logs now; metrics and webhooks subscribe later).
+pub type HealthEvents = tokio::sync::broadcast::Sender<HealthEvent>;
+
+/// A new channel for health events.
+pub fn health_events() -> HealthEvents {
+    tokio::sync::broadcast::channel(256).0
+}
+
+/// One pool of origins behind one selection policy.
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    Consistent(Arc<LoadBalancer<Consistent>>),
+}
+
+impl Balancer {
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+}
+
+/// Builds a load balancer over `origins`, with its health check service when configured.
+fn balancer(
+    origins: &[&OriginSettings],
+    site: &SiteSettings,
+    events: &HealthEvents,
+    services: &mut Vec<Box<dyn ServiceWithDependents>>,
+) -> std::io::Result<Balancer> {
+    fn build<S>(
+        backends: BTreeSet<Backend>,
+        site: &SiteSettings,
+        events: &HealthEvents,
+        services: &mut Vec<Box<dyn ServiceWithDependents>>,
+    ) -> std::io::Result<Arc<LoadBalancer<S>>>
+    where
+        S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
+        S::Iter: pingora::lb::selection::BackendIter,
+    {
+        let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(backends)));
+        lb.update()
+            .now_or_never()
+            .ok_or_else(|| std::io::Error::other("static origin discovery blocked"))?
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let Some(check) = &site.health_check else {
+            return Ok(Arc::new(lb));
+        };
+        lb.set_health_check(health_check(check, site, events));
+        lb.health_check_frequency = Some(check.interval);
+        lb.parallel_health_check = true;
+        let service = background_service(&format!("health checks {}", site_name(site)), lb);
+        let lb = service.task();
+        services.push(Box::new(service));
+        Ok(lb)
+    }
+    let mut backends = BTreeSet::new();
+    for origin in origins {
+        let backend = Backend::new_with_weight(&origin.addr.to_string(), origin.weight)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        backends.insert(backend);
+    }
+    Ok(match site.lb {
+        LbPolicy::RoundRobin => Balancer::RoundRobin(build(backends, site, events, services)?),
+        LbPolicy::Random => Balancer::Random(build(backends, site, events, services)?),
+        LbPolicy::Consistent => Balancer::Consistent(build(backends, site, events, services)?),
+    })
+}
+
+fn site_name(site: &SiteSettings) -> String {
+    site.hosts.first().cloned().unwrap_or_else(|| "default".into())
+}
+
+/// The active check described by the config.
+fn health_check(
+    check: &HealthCheckSettings,
+    site: &SiteSettings,
+    events: &HealthEvents,
+) -> Box<dyn HealthCheck + Send + Sync> {
+    let observer = Box::new(HealthLogger {
+        site: site_name(site),
+        events: events.clone(),
+    });
+    match check.kind {
+        HealthCheckKind::Tcp => {
+            let mut tcp = if site.origin_tls {
+                TcpHealthCheck::new_tls(&site.origin_sni)
+            } else {
+                TcpHealthCheck::new()
+            };
+            tcp.consecutive_success = check.healthy_after;
+            tcp.consecutive_failure = check.unhealthy_after;
+            tcp.peer_template.options.connection_timeout = Some(check.timeout);
+            tcp.health_changed_callback = Some(observer);
+            tcp
+        }
+        HealthCheckKind::Http => {
+            let host = check.host.clone().unwrap_or_else(|| site_name(site));
+            let mut http = HttpHealthCheck::new(&host, site.origin_tls);
+            if let Ok(uri) = check.path.parse() {
+                http.req.set_uri(uri);
+            }
+            http.consecutive_success = check.healthy_after;
+            http.consecutive_failure = check.unhealthy_after;
+            http.peer_template.options.connection_timeout = Some(check.timeout);
+            http.peer_template.options.read_timeout = Some(check.timeout);
+            http.peer_template.options.verify_cert = site.origin_verify_cert;
+            let expected = check.expected_status;
+            http.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                if resp.status.as_u16() == expected {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::Custom("unexpected status"),
+                        format!("health check got {}, expected {expected}", resp.status),
+                    )
+                }
+            }));
+            http.health_changed_callback = Some(observer);
+            Box::new(http)
+        }
+    }
+}
+
+/// Logs and publishes health changes.
+struct HealthLogger {
+    site: String,
+    events: HealthEvents,
+}
+
+impl HealthLogger {
+    fn publish(site: &str, events: &HealthEvents, origin: String, healthy: bool) {
+        if healthy {
+            tracing::info!(site, origin, "origin is healthy");
+        } else {
+            tracing::warn!(site, origin, "origin is unhealthy");
+        }
+        let _ = events.send(HealthEvent {
+            site: site.to_string(),
+            origin,
+            healthy,
+        });
+    }
+}
+
+#[async_trait]
+impl HealthObserve for HealthLogger {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        HealthLogger::publish(&self.site, &self.events, target.addr.to_string(), healthy);
+    }
+}
+
+/// Passive health: consecutive failures eject an origin for a cool-down, after which one trial
+/// request decides whether it comes back.
+struct CircuitBreaker {
+    eject_after: usize,
+    eject_for: Duration,
+    states: Mutex<HashMap<String, BreakerState>>,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    consecutive_failures: usize,
+    ejected_until: Option<Instant>,
+    trial_in_flight: bool,
+}
+
+impl CircuitBreaker {
+    /// Whether a request may go to `origin` now (claims the trial slot of an ejected origin
+    /// whose cool-down has passed).
+    fn admits(&self, origin: &str) -> bool {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = states.get_mut(origin) else {
+            return true;
+        };
+        match state.ejected_until {
+            None => true,
+            Some(until) if Instant::now() < until => false,
+            Some(_) if state.trial_in_flight => false,
+            Some(_) => {
+                state.trial_in_flight = true;
+                true
+            }
+        }
+    }
+
+    /// Records an outcome; returns the new health when it changed.
+    fn record(&self, origin: &str, success: bool) -> Option<bool> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(origin.to_string()).or_default();
+        let was_ejected = state.ejected_until.is_some();
+        if success {
+            *state = BreakerState::default();
+            return was_ejected.then_some(true);
+        }
+        state.consecutive_failures += 1;
+        state.trial_in_flight = false;
+        if state.consecutive_failures >= self.eject_after && self.eject_after > 0 {
+            state.ejected_until = Some(Instant::now() + self.eject_for);
+            return (!was_ejected).then_some(false);
+        }
+        None
+    }
+}
 
 /// The origins of one site with their connection settings.
 pub struct OriginPool {
-    balancer: Arc<LoadBalancer<RoundRobin>>,
+    site: String,
+    primary: Balancer,
+    backup: Option<Balancer>,
+    breaker: CircuitBreaker,
+    events: HealthEvents,
+    /// How many other origins an idempotent request may be retried on.
+    pub retries: usize,
     tls: bool,
     sni: String,
     verify_cert: bool,
@@ -24,23 +262,52 @@ pub struct OriginPool {
 }
 
 impl OriginPool {
-    /// A round-robin pool over the site's origins.
-    pub fn new(site: &SiteSettings) -> std::io::Result<OriginPool> {
-        let balancer = LoadBalancer::try_from_iter(site.origins.iter().copied())?;
-        Ok(OriginPool {
-            balancer: Arc::new(balancer),
+    /// The pool of a site, plus the health-check services to run for it.
+    pub fn new(
+        site: &SiteSettings,
+        events: &HealthEvents,
+    ) -> std::io::Result<(OriginPool, Vec<Box<dyn ServiceWithDependents>>)> {
+        let mut services = Vec::new();
+        let primaries: Vec<_> = site.origins.iter().filter(|o| !o.backup).collect();
+        let backups: Vec<_> = site.origins.iter().filter(|o| o.backup).collect();
+        let primary = balancer(&primaries, site, events, &mut services)?;
+        let backup = if backups.is_empty() {
+            None
+        } else {
+            Some(balancer(&backups, site, events, &mut services)?)
+        };
+        let pool = OriginPool {
+            site: site_name(site),
+            primary,
+            backup,
+            breaker: CircuitBreaker {
+                eject_after: site.eject_after_failures,
+                eject_for: site.eject_for,
+                states: Mutex::default(),
+            },
+            events: events.clone(),
+            retries: site.retries,
             tls: site.origin_tls,
             sni: site.origin_sni.clone(),
             verify_cert: site.origin_verify_cert,
             connect_timeout: site.connect_timeout,
             read_timeout: site.read_timeout,
             write_timeout: site.write_timeout,
-        })
+        };
+        Ok((pool, services))
     }
 
-    /// The peer for the next request, or `None` when no origin is usable.
-    pub fn select(&self, key: &[u8]) -> Option<Box<HttpPeer>> {
-        let backend = self.balancer.select(key, MAX_SELECT_ITERATIONS)?;
+    /// The peer for a request: a healthy, admitted primary not yet `tried`, else a backup.
+    /// `None` when no origin is usable.
+    pub fn select(&self, key: &[u8], tried: &[String]) -> Option<Box<HttpPeer>> {
+        let accept = |backend: &Backend, healthy: bool| {
+            let addr = backend.addr.to_string();
+            healthy && !tried.contains(&addr) && self.breaker.admits(&addr)
+        };
+        let backend = self
+            .primary
+            .select_with(key, accept)
+            .or_else(|| self.backup.as_ref().and_then(|b| b.select_with(key, accept)))?;
         let mut peer = HttpPeer::new(backend, self.tls, self.sni.clone());
         let options = &mut peer.options;
         options.connection_timeout = Some(self.connect_timeout);
@@ -50,5 +317,45 @@ impl OriginPool {
         options.verify_cert = self.verify_cert;
         options.verify_hostname = self.verify_cert;
         Some(Box::new(peer))
+    }
+
+    /// Feeds the circuit breaker: a response below 500 is a success; a connection failure,
+    /// a timeout or a 5xx is a failure.
+    pub fn record(&self, origin: &str, success: bool) {
+        if let Some(healthy) = self.breaker.record(origin, success) {
+            HealthLogger::publish(&self.site, &self.events, origin.to_string(), healthy);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_ejects_then_admits_one_trial() {
+        let breaker = CircuitBreaker {
+            eject_after: 2,
+            eject_for: Duration::ZERO,
+            states: Mutex::default(),
+        };
+        assert_eq!(breaker.record("a", false), None);
+        assert_eq!(breaker.record("a", false), Some(false));
+        assert!(breaker.admits("a"), "cool-down over: one trial");
+        assert!(!breaker.admits("a"), "only one trial at a time");
+        assert_eq!(breaker.record("a", true), Some(true));
+        assert!(breaker.admits("a"));
+    }
+
+    #[test]
+    fn breaker_keeps_origins_out_during_cool_down() {
+        let breaker = CircuitBreaker {
+            eject_after: 1,
+            eject_for: Duration::from_secs(60),
+            states: Mutex::default(),
+        };
+        breaker.record("a", false);
+        assert!(!breaker.admits("a"));
+        assert!(breaker.admits("b"));
     }
 }

@@ -117,8 +117,22 @@ impl Default for CacheSection {
 pub struct SiteSection {
     /// Host names served by this site (case-insensitive, port ignored).
     pub hosts: Vec<String>,
-    /// Origin servers as `host:port`.
-    pub origins: Vec<String>,
+    /// Origin servers: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
+    pub origins: Vec<OriginSpec>,
+    /// How requests are spread over the origins.
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// How many other origins an idempotent request is retried on after a connection failure.
+    #[serde(default = "one")]
+    pub retries: usize,
+    /// Consecutive failures (connection errors, timeouts, 5xx) that eject an origin (0: never).
+    #[serde(default = "three")]
+    pub eject_after_failures: usize,
+    /// How long an ejected origin is left alone before one trial request.
+    #[serde(default = "ten_seconds")]
+    pub eject_for: HumanDuration,
+    /// Active health checks.
+    pub health_check: Option<HealthCheckSection>,
     /// Requests whose host matches no site go here.
     #[serde(default)]
     pub default: bool,
@@ -159,6 +173,114 @@ pub struct SiteSection {
 pub struct DemoSection {
     /// Where the sample origin listens.
     pub listen: SocketAddr,
+}
+
+/// One origin: a plain address, or a table with a weight and a backup flag.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an origin: \"host:port\" or { addr = \"host:port\", weight = 1, backup = false }"
+)]
+pub enum OriginSpec {
+    /// `"host:port"`, weight 1, primary.
+    Addr(String),
+    /// `{ addr, weight, backup }`.
+    Table(OriginTable),
+}
+
+/// The table form of an origin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginTable {
+    /// `host:port`.
+    pub addr: String,
+    /// Relative share of requests (round robin and random).
+    #[serde(default = "one")]
+    pub weight: usize,
+    /// Used only when no primary origin is usable.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+/// Origin selection policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on the URL: each origin keeps a stable share of URLs.
+    Consistent,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// GET a path and expect a status.
+    #[default]
+    Http,
+    /// Open a TCP (or TLS) connection.
+    Tcp,
+}
+
+/// `[site.health_check]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `http` or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path requested by HTTP checks.
+    #[serde(default = "root_path")]
+    pub path: String,
+    /// `Host` sent by HTTP checks (default: the site's first host).
+    pub host: Option<String>,
+    /// Time between checks.
+    #[serde(default = "two_seconds")]
+    pub interval: HumanDuration,
+    /// Time allowed for one check.
+    #[serde(default = "one_second")]
+    pub timeout: HumanDuration,
+    /// Status an HTTP check expects.
+    #[serde(default = "status_ok")]
+    pub expected_status: u16,
+    /// Consecutive successes that mark an origin healthy.
+    #[serde(default = "one")]
+    pub healthy_after: usize,
+    /// Consecutive failures that mark an origin unhealthy.
+    #[serde(default = "one")]
+    pub unhealthy_after: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn three() -> usize {
+    3
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+fn status_ok() -> u16 {
+    200
+}
+
+fn one_second() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn two_seconds() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+fn ten_seconds() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn yes() -> bool {

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use file::{FileConfig, SiteSection};
+use file::{FileConfig, HealthCheckSection, OriginSpec, SiteSection};
+pub use file::{HealthCheckKind, LbPolicy};
 
 /// The config used when no `--config` is given: the proxy on 127.0.0.1:8080 in front of the
 /// built-in sample origin, so caching can be tried with nothing else running.
@@ -112,8 +113,18 @@ pub struct CacheSettings {
 pub struct SiteSettings {
     /// Lower-cased host names without ports.
     pub hosts: Vec<String>,
-    /// Origin addresses as `host:port`, resolved at startup.
-    pub origins: Vec<SocketAddr>,
+    /// Origins, resolved at startup (at least one primary).
+    pub origins: Vec<OriginSettings>,
+    /// Selection policy.
+    pub lb: LbPolicy,
+    /// Retries of idempotent requests on other origins after connection failures.
+    pub retries: usize,
+    /// Consecutive failures that eject an origin (0: never).
+    pub eject_after_failures: usize,
+    /// Cool-down of an ejected origin.
+    pub eject_for: Duration,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheckSettings>,
     /// Whether unmatched hosts go to this site.
     pub default: bool,
     /// Whether responses are cached.
@@ -136,6 +147,38 @@ pub struct SiteSettings {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<http::HeaderValue>,
+}
+
+/// One validated origin.
+#[derive(Debug, Clone)]
+pub struct OriginSettings {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Relative share of requests (at least 1).
+    pub weight: usize,
+    /// Used only when no primary is usable.
+    pub backup: bool,
+}
+
+/// Validated `[site.health_check]`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSettings {
+    /// HTTP or TCP.
+    pub kind: HealthCheckKind,
+    /// Path of HTTP checks.
+    pub path: String,
+    /// `Host` of HTTP checks.
+    pub host: Option<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Expected status of HTTP checks.
+    pub expected_status: u16,
+    /// Successes to become healthy.
+    pub healthy_after: usize,
+    /// Failures to become unhealthy.
+    pub unhealthy_after: usize,
 }
 
 impl Config {
@@ -342,21 +385,39 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
     }
     let mut origins = Vec::with_capacity(site.origins.len());
     for (i, origin) in site.origins.iter().enumerate() {
-        origins.push(resolve_origin(origin).map_err(|m| at.error(&key(&format!("origins[{i}]")), m))?);
+        origins.push(freeze_origin(origin).map_err(|m| at.error(&key(&format!("origins[{i}]")), m))?);
     }
+    if origins.iter().all(|o| o.backup) {
+        return Err(at.error(&key("origins"), "at least one origin must not be a backup"));
+    }
+    let first_addr = site.origins.first().map(|o| match o {
+        OriginSpec::Addr(addr) => addr.as_str(),
+        OriginSpec::Table(table) => table.addr.as_str(),
+    });
     let origin_sni = site
         .origin_sni
         .clone()
         .or_else(|| {
-            site.origins
-                .first()
+            first_addr
                 .and_then(|o| o.rsplit_once(':'))
                 .map(|(h, _)| h.to_string())
         })
         .unwrap_or_default();
+    let health_check = match &site.health_check {
+        Some(check) => Some(
+            freeze_health_check(check)
+                .map_err(|(field, m)| at.error(&key(&format!("health_check.{field}")), m))?,
+        ),
+        None => None,
+    };
     Ok(SiteSettings {
         hosts,
         origins,
+        lb: site.lb,
+        retries: site.retries,
+        eject_after_failures: site.eject_after_failures,
+        eject_for: site.eject_for.0,
+        health_check,
         default: site.default,
         cache: site.cache,
         origin_tls: site.origin_tls,
@@ -404,6 +465,46 @@ fn site_hsts(
             format!("invalid Strict-Transport-Security value {hsts:?}: expected e.g. \"max-age=31536000\""),
         )),
     }
+}
+
+fn freeze_origin(origin: &OriginSpec) -> Result<OriginSettings, String> {
+    let (addr, weight, backup) = match origin {
+        OriginSpec::Addr(addr) => (addr.as_str(), 1, false),
+        OriginSpec::Table(table) => (table.addr.as_str(), table.weight, table.backup),
+    };
+    if weight == 0 {
+        return Err(format!("origin {addr:?}: weight must be at least 1"));
+    }
+    Ok(OriginSettings {
+        addr: resolve_origin(addr)?,
+        weight,
+        backup,
+    })
+}
+
+fn freeze_health_check(check: &HealthCheckSection) -> Result<HealthCheckSettings, (&'static str, String)> {
+    if check.interval.0.is_zero() {
+        return Err(("interval", "must be greater than zero".into()));
+    }
+    if !check.path.starts_with('/') {
+        return Err(("path", format!("{:?} must start with /", check.path)));
+    }
+    if !(100..600).contains(&check.expected_status) {
+        return Err((
+            "expected_status",
+            format!("{} is not an HTTP status", check.expected_status),
+        ));
+    }
+    Ok(HealthCheckSettings {
+        kind: check.kind,
+        path: check.path.clone(),
+        host: check.host.clone(),
+        interval: check.interval.0,
+        timeout: check.timeout.0,
+        expected_status: check.expected_status,
+        healthy_after: check.healthy_after.max(1),
+        unhealthy_after: check.unhealthy_after.max(1),
+    })
 }
 
 fn resolve_origin(origin: &str) -> Result<SocketAddr, String> {

@@ -76,6 +76,10 @@ pub struct UpstreamTrace {
     pub status: Option<u16>,
     /// Address of the origin used.
     pub addr: Option<String>,
+    /// Origins tried so far, in order (retries go elsewhere).
+    pub tried: Vec<String>,
+    /// The last failure talking to an origin, reported if no other origin is left.
+    pub last_error: Option<pingora::ErrorType>,
     /// Header fields of a 304 from the origin, merged into the stored response.
     pub not_modified: Option<http::HeaderMap>,
 }

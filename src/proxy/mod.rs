@@ -28,9 +28,10 @@ use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 use crate::cache::policy::{self, CDN_CACHE_CONTROL};
 use crate::cache::{cache_key, vary, CachePolicy, CacheTarget, MokaStorage};
 use crate::config::{Config, SiteSettings};
-use crate::upstream::OriginPool;
+use crate::upstream::{HealthEvents, OriginPool};
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
+use pingora::services::ServiceWithDependents;
 use routing::Router;
 
 /// The `Cache-Status` response header (RFC 9211).
@@ -92,18 +93,24 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
-    /// A proxy for `config` over `cache`.
-    pub fn new(config: &Config, cache: CacheEngine) -> std::io::Result<EdgeProxy> {
+    /// A proxy for `config` over `cache`, plus the health-check services of its origin pools.
+    pub fn new(
+        config: &Config,
+        cache: CacheEngine,
+        events: &HealthEvents,
+    ) -> std::io::Result<(EdgeProxy, Vec<Box<dyn ServiceWithDependents>>)> {
         let mut sites = Vec::with_capacity(config.sites.len());
+        let mut services = Vec::new();
         for settings in &config.sites {
-            let origins = OriginPool::new(settings)?;
+            let (origins, checks) = OriginPool::new(settings, events)?;
+            services.extend(checks);
             sites.push(Site {
                 settings: settings.clone(),
                 origins,
             });
         }
         let router = Router::new(config.sites.iter().map(|s| (&s.hosts[..], s.default)));
-        Ok(EdgeProxy {
+        let proxy = EdgeProxy {
             sites,
             router,
             cache,
@@ -115,7 +122,8 @@ impl EdgeProxy {
                 .map(|a| a.port())
                 .filter(|p| *p != 443),
             access_log: config.server.access_log,
-        })
+        };
+        Ok((proxy, services))
     }
 
     /// The cache storage (for stats).
@@ -350,12 +358,20 @@ impl ProxyHttp for EdgeProxy {
             .target
             .as_ref()
             .map_or(&[][..], |t| t.path_and_query.as_bytes());
-        let peer = site
-            .origins
-            .select(key)
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no usable origin").into_up())?;
+        let peer = site.origins.select(key, &ctx.upstream.tried).ok_or_else(|| {
+            // An upstream error, so a stale copy can still be served; after a failed attempt,
+            // the failure that made us look for another origin is what the client hears about.
+            let etype = ctx
+                .upstream
+                .last_error
+                .clone()
+                .unwrap_or(ErrorType::HTTPStatus(502));
+            Error::explain(etype, "no usable origin").into_up()
+        })?;
         ctx.upstream.started = Some(Instant::now());
-        ctx.upstream.addr = Some(peer._address.to_string());
+        let addr = peer._address.to_string();
+        ctx.upstream.tried.push(addr.clone());
+        ctx.upstream.addr = Some(addr);
         Ok(peer)
     }
 
@@ -424,6 +440,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
+        if let (Some(site), Some(addr)) = (self.site(ctx), &ctx.upstream.addr) {
+            site.origins.record(addr, resp.status.as_u16() < 500);
+        }
         headers::strip_response_hop_by_hop(resp);
         if resp.status == http::StatusCode::NOT_MODIFIED {
             ctx.upstream.not_modified = Some(resp.headers.clone());
@@ -454,6 +473,54 @@ impl ProxyHttp for EdgeProxy {
         }
         self.invalidate_after_unsafe(session.req_header(), resp, ctx);
         Ok(())
+    }
+
+    /// A connection failure counts against the origin; idempotent requests move on to another
+    /// origin, up to the site's retry budget (nothing of the request was sent yet).
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream.last_error = Some(e.etype().clone());
+        if let Some(site) = self.site(ctx) {
+            site.origins.record(&peer._address.to_string(), false);
+            let retries_left = ctx.upstream.tried.len() <= site.origins.retries;
+            if retries_left && session.req_header().method.is_idempotent() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// A failure after connecting (reset, timeout) counts against the origin. An idempotent
+    /// request that got no response byte yet is retried on another origin within the budget.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("origin {peer}"));
+        ctx.upstream.last_error = Some(e.etype().clone());
+        let Some(site) = self.site(ctx) else { return e };
+        site.origins.record(&peer._address.to_string(), false);
+        let idempotent =
+            session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let within_budget = ctx.upstream.tried.len() <= site.origins.retries;
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        if idempotent && ctx.upstream.status.is_none() && within_budget && !timed_out {
+            e.set_retry(true);
+        } else if idempotent {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     /// Serves stale while revalidating whenever the stored response allows it, and on upstream

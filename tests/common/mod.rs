@@ -111,6 +111,12 @@ impl Origin {
         Origin::serve(listener, Arc::default())
     }
 
+    /// A fresh origin on the address of a stopped one (an origin coming back).
+    pub async fn start_on(addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Origin::serve(listener, Arc::default())
+    }
+
     fn serve(listener: TcpListener, state: Arc<OriginState>) -> Origin {
         let addr = listener.local_addr().unwrap();
         let shared = state.clone();
@@ -250,6 +256,7 @@ impl ShutdownSignalWatch for TestShutdown {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub storage: &'static edgecache::cache::MokaStorage,
+    pub health_events: edgecache::upstream::HealthEvents,
     shutdown: Arc<Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -269,6 +276,7 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let built = edgecache::server::build(&config, None).unwrap();
         let storage = built.storage;
+        let health_events = built.health_events.clone();
         let shutdown = Arc::new(Notify::new());
         let signal = TestShutdown(shutdown.clone());
         let server = built.server;
@@ -281,6 +289,7 @@ impl Proxy {
         Proxy {
             addr,
             storage,
+            health_events,
             shutdown,
             thread: Some(thread),
         }
