@@ -62,6 +62,8 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: settings.upgrade_sock.clone(),
         pid_file: settings.pid_file.clone(),
+        ca_file: settings.origin_ca_file.as_ref().map(|p| p.display().to_string()),
+        upstream_keepalive_pool_size: settings.origin_pool_size,
         ..ServerConf::default()
     }
 }

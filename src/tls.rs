@@ -53,6 +53,11 @@ impl LoadedCertificate {
     }
 }
 
+/// Checks that `path` is a PEM file with at least one certificate (a CA bundle).
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    read_chain(path).map(|_| ())
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let chain = rustls_pemfile::certs(&mut BufReader::new(file))

@@ -256,6 +256,8 @@ pub struct OriginPool {
     tls: bool,
     sni: String,
     verify_cert: bool,
+    http2: bool,
+    idle_timeout: Duration,
     connect_timeout: Duration,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -290,6 +292,8 @@ impl OriginPool {
             tls: site.origin_tls,
             sni: site.origin_sni.clone(),
             verify_cert: site.origin_verify_cert,
+            http2: site.origin_http2,
+            idle_timeout: site.origin_idle_timeout,
             connect_timeout: site.connect_timeout,
             read_timeout: site.read_timeout,
             write_timeout: site.write_timeout,
@@ -316,6 +320,10 @@ impl OriginPool {
         options.write_timeout = Some(self.write_timeout);
         options.verify_cert = self.verify_cert;
         options.verify_hostname = self.verify_cert;
+        options.idle_timeout = Some(self.idle_timeout);
+        if self.http2 && self.tls {
+            peer.options.set_http_version(2, 1);
+        }
         Some(Box::new(peer))
     }
 

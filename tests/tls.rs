@@ -5,7 +5,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::{free_port, wait_until_listening, Origin, Proxy};
+use common::{free_port, get, wait_until_listening, Origin, Proxy, Reply};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// A throwaway CA and a leaf certificate per host, written as PEM files to a fresh directory.
@@ -330,4 +330,46 @@ fn certificates_close_to_expiry_are_detected() {
         !fresh.expires_within(edgecache::tls::EXPIRY_WARNING),
         "rcgen's default validity is years"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_origins_verifies_with_the_configured_ca_and_offers_http2() {
+    let pki = TestPki::new("upstream", &["origin.test"]);
+    let origin = Origin::start().await;
+    origin.route("/up", |seen, _| {
+        let via: Vec<_> = seen
+            .headers
+            .get_all("via")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        Reply::ok(via.join(", ")).header("cache-control", "no-store")
+    });
+    // An HTTPS origin: a second proxy terminating TLS in front of the plain origin.
+    let (_tls_origin, tls_origin_addr) = start(&site(
+        "\"origin.test\"",
+        &origin,
+        &pki,
+        "origin.test",
+        "default = true",
+    ));
+    let ca_file = pki.dir.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let upstream_tls = format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{tls_origin_addr}\"]\norigin_tls = true\n\
+         origin_sni = \"origin.test\"\norigin_http2 = true\n"
+    );
+    let trusting = Proxy::start_with_server(&upstream_tls, &format!("origin_ca_file = {ca_file:?}"));
+    let (status, _, via) = get(&trusting, "/up", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        via, "1.1 edgecache, 2 edgecache",
+        "HTTP/2 was negotiated with the TLS origin"
+    );
+
+    let untrusting = Proxy::start(&upstream_tls);
+    let (status, cache, _) = get(&untrusting, "/up", &[]).await;
+    assert_eq!(status, 502, "an origin certificate from an unknown CA is refused");
+    assert!(cache.contains("detail=origin-"), "{cache}");
+    assert_eq!(origin.hits("/up"), 1);
 }

@@ -34,6 +34,10 @@ pub struct FileConfig {
 pub struct ServerSection {
     /// Plain HTTP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// PEM file of CA certificates trusted for TLS to origins (default: the system's).
+    pub origin_ca_file: Option<std::path::PathBuf>,
+    /// Idle connections kept open to origins, over all sites.
+    pub origin_pool_size: usize,
     /// HTTPS listen addresses (certificates come from the sites).
     pub listen_tls: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
@@ -59,6 +63,8 @@ impl Default for ServerSection {
         ServerSection {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             listen_tls: Vec::new(),
+            origin_ca_file: None,
+            origin_pool_size: 128,
             threads: 2,
             h2c: false,
             via: "edgecache".into(),
@@ -147,6 +153,12 @@ pub struct SiteSection {
     /// Verify origin certificates (only turn off for testing).
     #[serde(default = "yes")]
     pub origin_verify_cert: bool,
+    /// Offer HTTP/2 to TLS origins (ALPN), falling back to HTTP/1.1.
+    #[serde(default)]
+    pub origin_http2: bool,
+    /// How long an idle pooled connection to an origin is kept.
+    #[serde(default = "one_minute")]
+    pub origin_idle_timeout: HumanDuration,
     /// Timeout to establish a connection to an origin.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
@@ -277,6 +289,10 @@ fn one_second() -> HumanDuration {
 
 fn two_seconds() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
+}
+
+fn one_minute() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 fn ten_seconds() -> HumanDuration {

@@ -67,6 +67,10 @@ pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     /// HTTPS listen addresses.
     pub listen_tls: Vec<SocketAddr>,
+    /// CA certificates trusted for TLS to origins (None: the system's).
+    pub origin_ca_file: Option<PathBuf>,
+    /// Idle connections kept open to origins.
+    pub origin_pool_size: usize,
     /// Worker threads of the proxy service (at least one).
     pub threads: usize,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
@@ -135,6 +139,10 @@ pub struct SiteSettings {
     pub origin_sni: String,
     /// Verify origin certificates.
     pub origin_verify_cert: bool,
+    /// Offer HTTP/2 to TLS origins.
+    pub origin_http2: bool,
+    /// Idle time after which a pooled origin connection is closed.
+    pub origin_idle_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Per-read timeout (including the first byte).
@@ -328,6 +336,8 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         server: ServerSettings {
             listen: server.listen.clone(),
             listen_tls: server.listen_tls.clone(),
+            origin_ca_file: origin_ca_file(server, at)?,
+            origin_pool_size: server.origin_pool_size,
             threads: server.threads,
             h2c: server.h2c,
             via: server.via.clone(),
@@ -351,6 +361,16 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         sites,
         demo_listen: file.demo.as_ref().map(|d| d.listen),
     })
+}
+
+/// The origin CA file, relative to the config file, checked to hold PEM certificates.
+fn origin_ca_file(server: &file::ServerSection, at: &Locator) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = &server.origin_ca_file else {
+        return Ok(None);
+    };
+    let path = at.relative(path);
+    crate::tls::check_ca_file(&path).map_err(|m| at.error("server.origin_ca_file", m))?;
+    Ok(Some(path))
 }
 
 /// An HTTP token: what `Via` pseudonyms and `Cache-Status` names must be.
@@ -423,6 +443,8 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         origin_tls: site.origin_tls,
         origin_sni,
         origin_verify_cert: site.origin_verify_cert,
+        origin_http2: site.origin_http2,
+        origin_idle_timeout: site.origin_idle_timeout.0,
         connect_timeout: site.connect_timeout.0,
         read_timeout: site.read_timeout.0,
         write_timeout: site.write_timeout.0,
