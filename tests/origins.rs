@@ -183,3 +183,43 @@ async fn health_changes_are_published() {
     assert!(!event.healthy);
     assert_eq!(event.site, "h.test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_outliving_total_timeout_is_cut_off() {
+    let origin = Origin::start().await;
+    origin.route("/trickle", |_, _| {
+        let (feed, chunks) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if feed.send(bytes::Bytes::from_static(b"chunk")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Reply::stream(200, chunks).header("cache-control", "no-store")
+    });
+    origin.fixed("/quick", "no-store", "quick");
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\nread_timeout = \"1s\"\ntotal_timeout = \"500ms\"\n",
+        origin.addr
+    ));
+    let started = Instant::now();
+    let body = client()
+        .get(proxy.url("/trickle"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    assert!(
+        body.is_err() || body.unwrap().len() < 100,
+        "the 2 s response must be cut short"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&proxy, "/quick", &[]).await.2, "quick");
+}

@@ -168,6 +168,8 @@ pub struct SiteSection {
     /// Timeout for each write to an origin.
     #[serde(default = "default_read_timeout")]
     pub write_timeout: HumanDuration,
+    /// Bound on a whole origin response, from choosing the origin to its last byte (none by default).
+    pub total_timeout: Option<HumanDuration>,
     /// PEM certificate chain (leaf first) served for this site's hosts on TLS listeners.
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.

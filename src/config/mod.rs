@@ -149,6 +149,8 @@ pub struct SiteSettings {
     pub read_timeout: Duration,
     /// Per-write timeout.
     pub write_timeout: Duration,
+    /// Bound on a whole origin response (None: unbounded).
+    pub total_timeout: Option<Duration>,
     /// Certificate for this site's hosts on TLS listeners.
     pub tls: Option<crate::tls::LoadedCertificate>,
     /// Redirect plain HTTP to HTTPS.
@@ -448,6 +450,7 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         connect_timeout: site.connect_timeout.0,
         read_timeout: site.read_timeout.0,
         write_timeout: site.write_timeout.0,
+        total_timeout: site.total_timeout.map(|t| t.0),
         tls: site_certificate(site, index, at)?,
         redirect_https: site.redirect_https,
         hsts: site_hsts(site, index, at)?,

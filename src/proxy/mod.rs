@@ -161,6 +161,20 @@ impl EdgeProxy {
         Ok(false)
     }
 
+    /// An upstream timeout error once the origin response has taken longer than `total_timeout`.
+    fn check_total_timeout(&self, ctx: &RequestCtx) -> Result<()> {
+        let limit = self.site(ctx).and_then(|s| s.settings.total_timeout);
+        let elapsed = ctx.upstream.started.map(|t| t.elapsed());
+        match (limit, elapsed) {
+            (Some(limit), Some(elapsed)) if elapsed > limit => Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "origin response exceeded total_timeout",
+            )
+            .into_up()),
+            _ => Ok(()),
+        }
+    }
+
     /// Answers a plain HTTP request with a 308 to the same path and query over HTTPS.
     async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
         let path = session
@@ -438,6 +452,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.check_total_timeout(ctx)?;
         ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
         if let (Some(site), Some(addr)) = (self.site(ctx), &ctx.upstream.addr) {
@@ -448,6 +463,18 @@ impl ProxyHttp for EdgeProxy {
             ctx.upstream.not_modified = Some(resp.headers.clone());
         }
         Ok(())
+    }
+
+    /// Aborts an origin response that outlives the site's `total_timeout`.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        self.check_total_timeout(ctx)?;
+        Ok(None)
     }
 
     /// Final touches on every response, hits included: `Cache-Status`, `Via`, no
