@@ -301,17 +301,17 @@ impl OriginPool {
         Ok((pool, services))
     }
 
-    /// The peer for a request: a healthy, admitted primary not yet `tried`, else a backup.
+    /// The peer for a request: a healthy primary not yet `tried` and not ejected by the circuit
+    /// breaker, else such a backup. When the breaker has ejected every healthy origin, it is
+    /// ignored rather than failing every request (a lone origin is never locked out by it).
     /// `None` when no origin is usable.
     pub fn select(&self, key: &[u8], tried: &[String]) -> Option<Box<HttpPeer>> {
-        let accept = |backend: &Backend, healthy: bool| {
-            let addr = backend.addr.to_string();
-            healthy && !tried.contains(&addr) && self.breaker.admits(&addr)
+        let untried =
+            |backend: &Backend, healthy: bool| healthy && !tried.contains(&backend.addr.to_string());
+        let admitted = |backend: &Backend, healthy: bool| {
+            untried(backend, healthy) && self.breaker.admits(&backend.addr.to_string())
         };
-        let backend = self
-            .primary
-            .select_with(key, accept)
-            .or_else(|| self.backup.as_ref().and_then(|b| b.select_with(key, accept)))?;
+        let backend = self.pick(key, admitted).or_else(|| self.pick(key, untried))?;
         let mut peer = HttpPeer::new(backend, self.tls, self.sni.clone());
         let options = &mut peer.options;
         options.connection_timeout = Some(self.connect_timeout);
@@ -325,6 +325,13 @@ impl OriginPool {
             peer.options.set_http_version(2, 1);
         }
         Some(Box::new(peer))
+    }
+
+    /// A primary accepted by `accept`, else a backup.
+    fn pick(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool + Copy) -> Option<Backend> {
+        self.primary
+            .select_with(key, accept)
+            .or_else(|| self.backup.as_ref().and_then(|b| b.select_with(key, accept)))
     }
 
     /// Feeds the circuit breaker: a response below 500 is a success; a connection failure,

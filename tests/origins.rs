@@ -223,3 +223,37 @@ async fn a_response_outliving_total_timeout_is_cut_off() {
     );
     assert_eq!(get(&proxy, "/quick", &[]).await.2, "quick");
 }
+
+/// An origin that answers the first request on each connection and closes the connection when
+/// a second one arrives, as a keep-alive timeout racing a reused connection does.
+async fn one_request_per_connection_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok";
+                let _ = stream.write_all(reply).await;
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_closed_by_the_origin_are_retried_not_held_against_it() {
+    let addr = one_request_per_connection_origin().await;
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{addr}\"]\neject_after_failures = 1\n"
+    ));
+    for i in 0..10 {
+        let (status, _, body) = get(&proxy, "/pooled", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+}

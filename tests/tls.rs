@@ -221,14 +221,16 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
         common::closed_port()
     );
     std::fs::write(&config, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (log_lines, logs) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = log_lines.send(line);
@@ -248,7 +250,7 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
     );
 
     let renewed = pki.issue("a.test");
-    hangup(child.id());
+    hangup(child.0.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while served_certificate(&pki, tls_addr, "a.test").await != renewed {
         assert!(
@@ -259,7 +261,7 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
     }
 
     std::fs::write(pki.cert("a.test"), "broken").unwrap();
-    hangup(child.id());
+    hangup(child.0.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut seen = Vec::new();
     let rejected = loop {
@@ -275,9 +277,20 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
         "{rejected:?} after {seen:#?}"
     );
     assert_eq!(served_certificate(&pki, tls_addr, "a.test").await, renewed);
-    assert!(child.try_wait().unwrap().is_none(), "the proxy must keep running");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the proxy must keep running"
+    );
+}
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn check(text: &str) -> String {

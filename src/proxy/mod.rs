@@ -522,28 +522,38 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    /// A failure after connecting (reset, timeout) counts against the origin. An idempotent
+    /// A failure after connecting (reset, timeout) counts against the origin, and an idempotent
     /// request that got no response byte yet is retried on another origin within the budget.
+    /// A pooled connection the origin had already closed is not the origin's fault: the request
+    /// is retried on a fresh connection, to the same origin if need be.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        client_reused: bool,
+        upstream_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("origin {peer}"));
         ctx.upstream.last_error = Some(e.etype().clone());
-        let Some(site) = self.site(ctx) else { return e };
-        site.origins.record(&peer._address.to_string(), false);
         let idempotent =
             session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if !idempotent {
+            e.set_retry(false);
+            return e;
+        }
+        let Some(site) = self.site(ctx) else { return e };
+        let no_response_yet = ctx.upstream.status.is_none();
+        if upstream_reused && no_response_yet {
+            e.retry.decide_reuse(true);
+            ctx.upstream.tried.pop();
+            return e;
+        }
+        site.origins.record(&peer._address.to_string(), false);
         let within_budget = ctx.upstream.tried.len() <= site.origins.retries;
         let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
-        if idempotent && ctx.upstream.status.is_none() && within_budget && !timed_out {
+        if no_response_yet && within_budget && !timed_out {
             e.set_retry(true);
-        } else if idempotent {
-            e.retry.decide_reuse(client_reused);
         } else {
             e.set_retry(false);
         }

@@ -111,10 +111,17 @@ impl Origin {
         Origin::serve(listener, Arc::default())
     }
 
-    /// A fresh origin on the address of a stopped one (an origin coming back).
+    /// A fresh origin on the address of a stopped one (an origin coming back). The stopped
+    /// origin's listener closes once its aborted task is dropped, so binding is retried briefly.
     pub async fn start_on(addr: SocketAddr) -> Origin {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        Origin::serve(listener, Arc::default())
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Origin::serve(listener, Arc::default()),
+                Err(e) if Instant::now() > deadline => panic!("cannot bind {addr} again: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     fn serve(listener: TcpListener, state: Arc<OriginState>) -> Origin {
