@@ -386,3 +386,29 @@ async fn tls_to_origins_verifies_with_the_configured_ca_and_offers_http2() {
     assert!(cache.contains("detail=origin-"), "{cache}");
     assert_eq!(origin.hits("/up"), 1);
 }
+
+#[test]
+fn check_rejects_a_broken_certificate_file() {
+    let pki = TestPki::new("check", &["a.test"]);
+    std::fs::write(
+        pki.cert("a.test"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let config = pki.dir.join("edgecache.toml");
+    let text = "[server]\nlisten_tls = [\"127.0.0.1:8443\"]\n[[site]]\nhosts = [\"a.test\"]\n\
+                origins = [\"127.0.0.1:3000\"]\ntls_cert = \"a.test.pem\"\ntls_key = \"a.test.key\"\n";
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(["--check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{}:6: site[0].tls_cert: {}",
+        config.display(),
+        pki.cert("a.test").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
