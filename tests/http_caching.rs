@@ -654,3 +654,56 @@ async fn stored_bytes_stay_within_max_memory() {
     assert!(stored > 0 && stored <= 128 * 1024, "stored {stored} bytes");
     assert!(proxy.storage.entry_count() < 64);
 }
+
+async fn purge(proxy: &Proxy, path: &str) -> u16 {
+    let method = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    client()
+        .request(method, proxy.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_from_an_allowed_address_deletes_every_variant() {
+    let origin = Origin::start().await;
+    origin.route("/p", |seen, n| {
+        let lang = seen
+            .headers
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_string();
+        Reply::ok(format!("{lang} v{n}"))
+            .header("cache-control", FRESH)
+            .header("vary", "Accept-Language")
+    });
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\n",
+            origin.addr
+        ),
+        "purge_allow = [\"127.0.0.0/8\"]",
+    );
+    for lang in ["en", "fr"] {
+        get(&proxy, "/p", &[("accept-language", lang)]).await;
+    }
+    assert_eq!(purge(&proxy, "/p").await, 200);
+    assert_eq!(purge(&proxy, "/never-stored").await, 404);
+    assert_eq!(get(&proxy, "/p", &[("accept-language", "en")]).await.2, "en v3");
+    assert_eq!(get(&proxy, "/p", &[("accept-language", "fr")]).await.2, "fr v4");
+    assert_eq!(origin.hits("/p"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_from_other_addresses_is_refused() {
+    let origin = Origin::start().await;
+    origin.fixed("/keep", FRESH, "kept");
+    let proxy = Proxy::for_origin(&origin, "");
+    get(&proxy, "/keep", &[]).await;
+    assert_eq!(purge(&proxy, "/keep").await, 403);
+    let (_, status, _) = get(&proxy, "/keep", &[]).await;
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(origin.hits("/keep"), 1);
+}

@@ -103,20 +103,26 @@ impl CachePolicy {
         let Some(lifetime) = self.freshness_lifetime(cc.as_ref(), resp, now) else {
             return custom(reason::NO_LIFETIME);
         };
-        let created = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
+        // The entry is admitted now (pingora orders Vary variants and purges by admission time),
+        // but its age started earlier: the age origin becomes the epoch that `Age` counts from.
+        let born = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
         let fresh_until = if lifetime.is_zero() {
-            created.checked_sub(Duration::from_secs(1)).unwrap_or(created)
+            born.checked_sub(Duration::from_secs(1)).unwrap_or(born)
         } else {
-            created + lifetime
+            born + lifetime
         };
         let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &self.defaults);
         let mut header = resp.clone();
-        // The stored copy's age is tracked by `created`; hits get a recomputed `Age`.
+        // Hits get an `Age` recomputed from the epoch.
         header.remove_header("age");
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
-        RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, header))
+        let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+        if born < now {
+            meta.set_epoch_override(born);
+        }
+        RespCacheable::Cacheable(meta)
     }
 
     /// The freshness lifetime (RFC 9111 §4.2.1), or `None` when the response gives none and no

@@ -38,6 +38,8 @@ pub struct ServerSection {
     pub origin_ca_file: Option<std::path::PathBuf>,
     /// Idle connections kept open to origins, over all sites.
     pub origin_pool_size: usize,
+    /// Client addresses or networks (`"10.0.0.0/8"`, `"::1"`) allowed to send `PURGE`.
+    pub purge_allow: Vec<String>,
     /// HTTPS listen addresses (certificates come from the sites).
     pub listen_tls: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
@@ -65,6 +67,7 @@ impl Default for ServerSection {
             listen_tls: Vec::new(),
             origin_ca_file: None,
             origin_pool_size: 128,
+            purge_allow: Vec::new(),
             threads: 2,
             h2c: false,
             via: "edgecache".into(),

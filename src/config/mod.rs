@@ -71,6 +71,8 @@ pub struct ServerSettings {
     pub origin_ca_file: Option<PathBuf>,
     /// Idle connections kept open to origins.
     pub origin_pool_size: usize,
+    /// Networks whose clients may send `PURGE` (empty: nobody).
+    pub purge_allow: Vec<ipnet::IpNet>,
     /// Worker threads of the proxy service (at least one).
     pub threads: usize,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
@@ -340,6 +342,7 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
             listen_tls: server.listen_tls.clone(),
             origin_ca_file: origin_ca_file(server, at)?,
             origin_pool_size: server.origin_pool_size,
+            purge_allow: purge_networks(server, at)?,
             threads: server.threads,
             h2c: server.h2c,
             via: server.via.clone(),
@@ -373,6 +376,24 @@ fn origin_ca_file(server: &file::ServerSection, at: &Locator) -> Result<Option<P
     let path = at.relative(path);
     crate::tls::check_ca_file(&path).map_err(|m| at.error("server.origin_ca_file", m))?;
     Ok(Some(path))
+}
+
+/// `purge_allow` entries as networks; a bare address is a network of one.
+fn purge_networks(server: &file::ServerSection, at: &Locator) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let mut networks = Vec::with_capacity(server.purge_allow.len());
+    for (i, entry) in server.purge_allow.iter().enumerate() {
+        let network = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                at.error(
+                    &format!("server.purge_allow[{i}]"),
+                    format!("{entry:?} is not an address or network (e.g. \"10.0.0.0/8\", \"::1\")"),
+                )
+            })?;
+        networks.push(network);
+    }
+    Ok(networks)
 }
 
 /// An HTTP token: what `Via` pseudonyms and `Cache-Status` names must be.

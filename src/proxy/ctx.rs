@@ -44,6 +44,8 @@ pub struct Route {
     pub site: Option<usize>,
     /// `https` when the request came over TLS, else `http`.
     pub scheme: &'static str,
+    /// An authorised `PURGE` of the target URL.
+    pub purge: bool,
     /// Scheme, host and path used for the cache key and invalidation.
     pub target: Option<CacheTarget>,
 }

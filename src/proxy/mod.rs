@@ -90,6 +90,8 @@ pub struct EdgeProxy {
     access_log: bool,
     /// Port of the first TLS listener, for HTTPS redirects (None: 443 or no TLS listener).
     https_port: Option<u16>,
+    /// Networks whose clients may send `PURGE`.
+    purge_allow: Vec<ipnet::IpNet>,
 }
 
 impl EdgeProxy {
@@ -122,6 +124,7 @@ impl EdgeProxy {
                 .map(|a| a.port())
                 .filter(|p| *p != 443),
             access_log: config.server.access_log,
+            purge_allow: config.server.purge_allow.clone(),
         };
         Ok((proxy, services))
     }
@@ -154,10 +157,29 @@ impl EdgeProxy {
         ctx.route.site = Some(site);
         ctx.route.scheme = scheme;
         ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
+        if session.req_header().method.as_str() == "PURGE" {
+            return self.authorise_purge(session, ctx).await;
+        }
         if scheme == "http" && self.sites[site].settings.redirect_https {
             self.redirect_to_https(session, &host).await?;
             return Ok(true);
         }
+        Ok(false)
+    }
+
+    /// Lets a `PURGE` through to the cache when its client may purge (else 403) and the site
+    /// caches (else 405).
+    async fn authorise_purge(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if !client.is_some_and(|ip| self.purge_allow.iter().any(|net| net.contains(&ip))) {
+            respond_text(session, 403, "PURGE is not allowed from this address\n").await?;
+            return Ok(true);
+        }
+        if !self.site(ctx).is_some_and(|s| s.settings.cache) || ctx.route.target.is_none() {
+            respond_text(session, 405, "nothing is cached for this URL\n").await?;
+            return Ok(true);
+        }
+        ctx.route.purge = true;
         Ok(false)
     }
 
@@ -295,7 +317,7 @@ impl ProxyHttp for EdgeProxy {
         let cacheable_method = matches!(
             session.req_header().method,
             http::Method::GET | http::Method::HEAD
-        );
+        ) || ctx.route.purge;
         let site_caches = self.site(ctx).is_some_and(|s| s.settings.cache);
         if !cacheable_method || !site_caches || ctx.route.target.is_none() {
             return Ok(());
@@ -313,6 +335,11 @@ impl ProxyHttp for EdgeProxy {
         session.cache.set_max_file_size_bytes(engine.max_object_size);
         ctx.cache.enabled = true;
         Ok(())
+    }
+
+    /// An authorised `PURGE` deletes the stored response for its URL (all Vary variants).
+    fn is_purge(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.route.purge
     }
 
     /// Scheme + host + path + query, identical for HTTP/1.1 and HTTP/2.
