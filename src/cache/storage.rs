@@ -19,7 +19,7 @@ use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcom
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 
 /// Bookkeeping bytes charged per entry on top of its body and headers (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 160;
@@ -135,8 +135,10 @@ impl Entry {
     }
 }
 
-/// A copy of `header` that does not remember the origin's header-name case: half the maps to
-/// clone on every hit, and HTTP/2 clients get lower-case names anyway.
+/// A compact copy of `header` for storage. Values are copied: pingora parses them as slices of
+/// the whole upstream read buffer, which a stored entry would otherwise keep alive (kilobytes
+/// per entry). The origin's header-name case is not kept: half the maps to clone on every hit,
+/// and HTTP/2 clients get lower-case names anyway.
 fn without_name_case(header: &ResponseHeader) -> Result<ResponseHeader> {
     let mut copy = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))?;
     copy.set_version(header.version);
@@ -144,7 +146,10 @@ fn without_name_case(header: &ResponseHeader) -> Result<ResponseHeader> {
         copy.set_reason_phrase(Some(reason))?;
     }
     for (name, value) in header.headers.iter() {
-        copy.append_header(name.clone(), value.clone())?;
+        let mut owned = http::HeaderValue::from_bytes(value.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "stored header value")?;
+        owned.set_sensitive(value.is_sensitive());
+        copy.append_header(name.clone(), owned)?;
     }
     Ok(copy)
 }
