@@ -129,11 +129,6 @@ impl EdgeProxy {
         Ok((proxy, services))
     }
 
-    /// The cache storage (for stats).
-    pub fn storage(&self) -> &'static MokaStorage {
-        self.cache.storage
-    }
-
     fn site(&self, ctx: &RequestCtx) -> Option<&Site> {
         ctx.route.site.and_then(|i| self.sites.get(i))
     }
