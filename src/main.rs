@@ -35,6 +35,18 @@ fn load(cli: &Cli) -> Result<Config, edgecache::config::ConfigError> {
     }
 }
 
+/// Fails when a listen address is taken. pingora would retry binding for 30 s (to wait for an
+/// old process during an upgrade); outside an upgrade a taken port is a mistake to report now.
+fn check_listen_addresses_free(config: &Config) -> Result<(), String> {
+    let addresses = config.server.listen.iter().chain(&config.server.listen_tls);
+    for addr in addresses.chain(config.demo_listen.iter()) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("cannot listen on {addr}: {e}"));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match load(&cli) {
@@ -51,6 +63,12 @@ fn main() -> ExitCode {
             config.sites.len()
         );
         return ExitCode::SUCCESS;
+    }
+    if !cli.pingora.upgrade {
+        if let Err(e) = check_listen_addresses_free(&config) {
+            eprintln!("edgecache: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     edgecache::logging::init();
     let daemon = cli.pingora.daemon;

@@ -36,3 +36,23 @@ fn a_missing_config_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/edgecache.toml: cannot read config"));
 }
+
+#[test]
+fn a_taken_listen_address_is_reported_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("edgecache-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("taken.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{addr}\"]\n[[site]]\nhosts = [\"a.test\"]\norigins = [\"127.0.0.1:1\"]\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = edgecache(&["--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
