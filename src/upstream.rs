@@ -309,7 +309,8 @@ impl OriginPool {
         let untried =
             |backend: &Backend, healthy: bool| healthy && !tried.contains(&backend.addr.to_string());
         let admitted = |backend: &Backend, healthy: bool| {
-            untried(backend, healthy) && self.breaker.admits(&backend.addr.to_string())
+            let addr = backend.addr.to_string();
+            healthy && !tried.contains(&addr) && self.breaker.admits(&addr)
         };
         let backend = self.pick(key, admitted).or_else(|| self.pick(key, untried))?;
         let mut peer = HttpPeer::new(backend, self.tls, self.sni.clone());
