@@ -59,7 +59,7 @@ fn meta() -> CacheMeta {
 /// One iteration: a lookup hit (meta deserialized, body handle created) or one full insert.
 fn storage(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let storage = MokaStorage::leak(256 << 20, Duration::from_secs(600));
+    let storage = MokaStorage::new(256 << 20, Duration::from_secs(600)).leak();
     let span = Span::inactive().handle();
     let body = Bytes::from(vec![b'x'; 1024]);
     let keys: Vec<_> = (0..1000)

@@ -10,9 +10,14 @@
 //! 4. hit: served from memory (304, HEAD and Range handled by pingora). Miss or stale: one
 //!    request per key goes to an origin ([`upstream`]) while others wait on the cache lock.
 //! 5. `response_cache_filter`: store or not, and for how long ([`cache::policy`]).
-//! 6. `response_filter`: `Cache-Status`, `Via`; `logging`: one access-log event.
+//! 6. `response_filter`: `Cache-Status`, `Via`; on-the-fly compression of responses not served
+//!    from the cache ([`compression`]); `logging`: one access-log event.
+//!
+//! Stored responses are compressed once, when stored ([`cache::variants`]); the storage picks
+//! the coding each client accepts.
 
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod logging;

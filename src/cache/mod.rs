@@ -6,6 +6,7 @@
 pub mod key;
 pub mod policy;
 pub mod storage;
+pub mod variants;
 pub mod vary;
 
 pub use key::{cache_key, CacheTarget};

@@ -1,12 +1,17 @@
 //! [`MokaStorage`]: pingora's cache `Storage` on a `moka::sync::Cache`, bounded in bytes.
 //!
-//! Each entry holds the serialized `CacheMeta` and the whole body as one `Bytes`, so a hit is a
-//! reference-count bump and Range requests are zero-copy slices. moka's weigher counts body,
+//! Each entry holds the `CacheMeta` fields and the response's stored codings
+//! ([`Variants`]), each body one `Bytes`, so a hit is a reference-count bump and Range requests
+//! are zero-copy slices. Compressed codings are derived when the entry is stored, off the event
+//! loop for large bodies, and a fast first-pass brotli body is recompressed at maximum quality by
+//! a background thread once it is served. moka's weigher counts body,
 //! headers and a fixed overhead, which makes `max_memory` a true bound; its per-entry expiry
 //! drops an entry once it can no longer be served or revalidated. pingora's eviction manager is
 //! not used: moka already evicts (TinyLFU admission, LRU eviction).
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,22 +26,28 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::variants::{self, Variants};
+use crate::compression::{Coding, CompressionPolicy, Eligibility};
+use crate::config::CompressionSettings;
+
 /// Bookkeeping bytes charged per entry on top of its body and headers (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 160;
 
 /// One stored response.
 ///
-/// The header is kept parsed: pingora's serialized form compresses it with zstd, and
-/// decompressing and re-parsing it on every hit would cost more than the rest of the hit path.
+/// Headers are kept parsed: pingora's serialized form compresses them with zstd, and
+/// decompressing and re-parsing on every hit would cost more than the rest of the hit path.
 struct Entry {
     meta: StoredMeta,
-    header: ResponseHeader,
-    body: Bytes,
-    /// How long past insertion the entry is worth keeping.
-    keep_for: Duration,
+    variants: Variants,
+    /// When the entry stops being worth keeping.
+    expires_at: Instant,
+    /// The brotli body was queued for background recompression.
+    upgrade_queued: AtomicBool,
 }
 
 /// The non-header part of a `CacheMeta`.
+#[derive(Clone)]
 enum StoredMeta {
     /// The common case, rebuilt with `CacheMeta::new` without any decoding: the entry's
     /// provenance and last update are its creation time.
@@ -110,27 +121,31 @@ impl StoredMeta {
 }
 
 impl Entry {
-    fn new(meta: &CacheMeta, body: Bytes, keep_stale: Duration) -> Result<Entry> {
+    fn new(meta: &CacheMeta, variants: Variants, keep_stale: Duration) -> Result<Entry> {
         Ok(Entry {
             meta: StoredMeta::of(meta)?,
-            header: without_name_case(meta.response_header())?,
-            body,
-            keep_for: retention(meta, keep_stale),
+            variants,
+            expires_at: Instant::now() + retention(meta, keep_stale),
+            upgrade_queued: AtomicBool::new(false),
         })
     }
 
-    fn meta(&self) -> Result<CacheMeta> {
-        self.meta.with_header(self.header.clone())
+    /// The same entry with other codings (same freshness and lifetime).
+    fn with_variants(&self, variants: Variants) -> Entry {
+        Entry {
+            meta: self.meta.clone(),
+            variants,
+            expires_at: self.expires_at,
+            upgrade_queued: AtomicBool::new(true),
+        }
+    }
+
+    fn meta(&self, header: &ResponseHeader) -> Result<CacheMeta> {
+        self.meta.with_header(header.clone())
     }
 
     fn weight(&self) -> u32 {
-        let header_bytes: usize = self
-            .header
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
-            .sum();
-        let bytes = ENTRY_OVERHEAD + self.meta.len() + header_bytes + self.body.len();
+        let bytes = ENTRY_OVERHEAD + self.meta.len() + self.variants.weight();
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -153,9 +168,6 @@ fn without_name_case(header: &ResponseHeader) -> Result<ResponseHeader> {
     }
     Ok(copy)
 }
-
-/// Bookkeeping bytes charged per header field (map slot, name and value handles).
-const HEADER_FIELD_OVERHEAD: usize = 48;
 
 /// pingora's serialized form of an empty response header, which revalidated entries
 /// deserialize instead of their stored header before the parsed one is put in its place.
@@ -183,18 +195,18 @@ fn retention(meta: &CacheMeta, keep_stale: Duration) -> Duration {
 struct EntryExpiry;
 
 impl Expiry<HashBinary, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(&self, _: &HashBinary, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(entry.keep_for)
+    fn expire_after_create(&self, _: &HashBinary, entry: &Arc<Entry>, now: Instant) -> Option<Duration> {
+        Some(entry.expires_at.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &HashBinary,
         entry: &Arc<Entry>,
-        _: Instant,
+        now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.keep_for)
+        Some(entry.expires_at.saturating_duration_since(now))
     }
 }
 
@@ -203,23 +215,65 @@ impl Expiry<HashBinary, Arc<Entry>> for EntryExpiry {
 pub struct MokaStorage {
     entries: Cache<HashBinary, Arc<Entry>>,
     keep_stale: Duration,
+    compression: CompressionPolicy,
+    /// Bound on a decoded body (origin gzip or brotli decoded for identity clients).
+    max_decoded: usize,
+    /// Queue of entries whose brotli body the background thread recompresses.
+    upgrades: Option<SyncSender<HashBinary>>,
 }
+
+/// Entries waiting for background brotli recompression; more are skipped, not queued.
+const UPGRADE_QUEUE: usize = 256;
+
+/// Bodies up to this size are compressed on the event loop: handing them to a blocking thread
+/// would cost more than the compression.
+const INLINE_COMPRESSION_MAX: usize = 16 * 1024;
 
 impl MokaStorage {
     /// A storage holding at most `max_bytes`; entries with validators are kept `keep_stale` past
-    /// their stale windows for revalidation.
+    /// their stale windows for revalidation. Compression uses the default policy until
+    /// [`MokaStorage::with_compression`].
     pub fn new(max_bytes: u64, keep_stale: Duration) -> MokaStorage {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
             .expire_after(EntryExpiry)
             .build();
-        MokaStorage { entries, keep_stale }
+        MokaStorage {
+            entries,
+            keep_stale,
+            compression: CompressionPolicy::new(&CompressionSettings::default()),
+            max_decoded: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            upgrades: None,
+        }
     }
 
-    /// Leaks a new storage so it can be handed to pingora.
-    pub fn leak(max_bytes: u64, keep_stale: Duration) -> &'static MokaStorage {
-        Box::leak(Box::new(MokaStorage::new(max_bytes, keep_stale)))
+    /// Sets how stored responses are compressed; decoded origin bodies are bounded by
+    /// `max_decoded` bytes.
+    pub fn with_compression(mut self, policy: CompressionPolicy, max_decoded: usize) -> MokaStorage {
+        self.compression = policy;
+        self.max_decoded = max_decoded;
+        self
+    }
+
+    /// Leaks the storage so it can be handed to pingora, and starts the background brotli
+    /// recompression thread when the policy asks for one.
+    pub fn leak(mut self) -> &'static MokaStorage {
+        let (sender, receiver) = sync_channel(UPGRADE_QUEUE);
+        let upgrading = self.compression.brotli_background_level > self.compression.brotli_level;
+        if upgrading {
+            self.upgrades = Some(sender);
+        }
+        let storage: &'static MokaStorage = Box::leak(Box::new(self));
+        if upgrading {
+            let spawned = std::thread::Builder::new()
+                .name("edgecache-brotli".into())
+                .spawn(move || storage.run_upgrades(receiver));
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no background brotli recompression");
+            }
+        }
+        storage
     }
 
     /// Removes the primary entry of a key, which also invalidates all its Vary variants
@@ -240,13 +294,74 @@ impl MokaStorage {
         self.entries.weighted_size()
     }
 
-    fn replace_meta(&self, hash: HashBinary, meta: &CacheMeta) -> Result<bool> {
+    /// Stores a new meta for an entry. `served` is the coding whose header `meta` carries
+    /// (after a revalidation); `None` keeps every coding's header and changes freshness only.
+    fn replace_meta(&self, hash: HashBinary, meta: &CacheMeta, served: Option<Coding>) -> Result<bool> {
         let Some(old) = self.entries.get(&hash) else {
             return Ok(false);
         };
-        let entry = Entry::new(meta, old.body.clone(), self.keep_stale)?;
+        let variants = match served {
+            Some(coding) => old.variants.with_header(meta.response_header(), coding)?,
+            None => old.variants.clone(),
+        };
+        let mut entry = Entry::new(meta, variants, self.keep_stale)?;
+        entry.upgrade_queued = AtomicBool::new(old.upgrade_queued.load(Ordering::Relaxed));
         self.entries.insert(hash, Arc::new(entry));
         Ok(true)
+    }
+
+    /// Queues an entry for background brotli recompression, once.
+    fn queue_upgrade(&self, hash: HashBinary, entry: &Entry) {
+        let Some(upgrades) = &self.upgrades else { return };
+        if entry.variants.brotli_upgradable && !entry.upgrade_queued.swap(true, Ordering::Relaxed) {
+            // A full queue skips the upgrade: the fast brotli body stays, which is fine.
+            let _ = upgrades.try_send(hash);
+        }
+    }
+
+    /// The background thread: recompresses queued brotli bodies at maximum quality and swaps
+    /// them in, unless the entry changed meanwhile.
+    fn run_upgrades(&'static self, queue: Receiver<HashBinary>) {
+        let level = self.compression.brotli_background_level;
+        while let Ok(hash) = queue.recv() {
+            let Some(entry) = self.entries.get(&hash) else {
+                continue;
+            };
+            let body = Coding::Brotli.encode(&entry.variants.primary.body, level);
+            let Ok(variants) = entry.variants.with_final_brotli(Bytes::from(body)) else {
+                continue;
+            };
+            let upgraded = Arc::new(entry.with_variants(variants));
+            self.entries
+                .entry(hash)
+                .and_compute_with(|current| match current {
+                    Some(current) if Arc::ptr_eq(current.value(), &entry) => {
+                        moka::ops::compute::Op::Put(upgraded)
+                    }
+                    _ => moka::ops::compute::Op::Nop,
+                });
+        }
+    }
+
+    /// The stored codings of a complete response, compressed off the event loop when large.
+    async fn variants_of(
+        &'static self,
+        header: ResponseHeader,
+        body: Bytes,
+        eligibility: Eligibility,
+    ) -> Variants {
+        if eligibility == Eligibility::Untouched {
+            return Variants::single(header, body);
+        }
+        if body.len() <= INLINE_COMPRESSION_MAX {
+            return Variants::build(header, body, eligibility, &self.compression, self.max_decoded);
+        }
+        let fallback = (header.clone(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            Variants::build(header, body, eligibility, &self.compression, self.max_decoded)
+        })
+        .await
+        .unwrap_or_else(|_| Variants::single(fallback.0, fallback.1))
     }
 }
 
@@ -257,13 +372,19 @@ impl Storage for MokaStorage {
         key: &CacheKey,
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.entries.get(&key.combined_bin()) else {
+        let hash = key.combined_bin();
+        let Some(entry) = self.entries.get(&hash) else {
             return Ok(None);
         };
-        let meta = entry.meta()?;
+        let (_, accepted) = variants::parse_user_tag(key.user_tag());
+        let representation = entry.variants.select(accepted);
+        if representation.coding == Coding::Brotli {
+            self.queue_upgrade(hash, &entry);
+        }
+        let meta = entry.meta(&representation.header)?;
         let hit = BodyHit {
-            end: entry.body.len(),
-            body: entry.body.clone(),
+            end: representation.body.len(),
+            body: representation.body.clone(),
             start: 0,
             done: false,
         };
@@ -276,10 +397,19 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _: &SpanHandle,
     ) -> Result<MissHandler> {
+        let (compress, _) = variants::parse_user_tag(key.user_tag());
+        let eligibility = if compress {
+            self.compression.eligibility(meta.response_header())
+        } else {
+            Eligibility::Untouched
+        };
         Ok(Box::new(BodyFill {
             storage: self,
             hash: key.combined_bin(),
-            entry: Entry::new(meta, Bytes::new(), self.keep_stale)?,
+            meta: StoredMeta::of(meta)?,
+            header: without_name_case(meta.response_header())?,
+            expires_at: Instant::now() + retention(meta, self.keep_stale),
+            eligibility,
             body: BytesMut::new(),
         }))
     }
@@ -303,14 +433,22 @@ impl Storage for MokaStorage {
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(PurgeOutcome::NotFound);
         };
-        let mut meta = entry.meta()?;
+        let mut meta = entry.meta(&entry.variants.primary.header)?;
         meta.expire_at(SystemTime::now());
-        self.replace_meta(hash, &meta)?;
+        self.replace_meta(hash, &meta, None)?;
         Ok(PurgeOutcome::Expired)
     }
 
+    /// After a revalidation: `meta` carries the header of the coding the request was served,
+    /// which is the one it selects again.
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _: &SpanHandle) -> Result<bool> {
-        self.replace_meta(key.combined_bin(), meta)
+        let hash = key.combined_bin();
+        let (_, accepted) = variants::parse_user_tag(key.user_tag());
+        let served = self
+            .entries
+            .get(&hash)
+            .map(|e| e.variants.select(accepted).coding);
+        self.replace_meta(hash, meta, Some(served.unwrap_or(Coding::Identity)))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -373,12 +511,14 @@ impl HandleHit for BodyHit {
     }
 }
 
-/// Collects a body from the origin and publishes the entry when it completes.
+/// Collects a body from the origin and publishes the entry, with its codings, when it completes.
 struct BodyFill {
     storage: &'static MokaStorage,
     hash: HashBinary,
-    /// The entry to publish, without its body yet.
-    entry: Entry,
+    meta: StoredMeta,
+    header: ResponseHeader,
+    expires_at: Instant,
+    eligibility: Eligibility,
     body: BytesMut,
 }
 
@@ -391,9 +531,15 @@ impl HandleMiss for BodyFill {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
+        let variants = self
+            .storage
+            .variants_of(self.header, self.body.freeze(), self.eligibility)
+            .await;
         let entry = Entry {
-            body: self.body.freeze(),
-            ..self.entry
+            meta: self.meta,
+            variants,
+            expires_at: self.expires_at,
+            upgrade_queued: AtomicBool::new(false),
         };
         self.storage.entries.insert(self.hash, Arc::new(entry));
         Ok(MissFinishType::Created(size))
@@ -422,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn stored_body_is_found_and_seekable() {
-        let storage = MokaStorage::leak(1 << 20, Duration::ZERO);
+        let storage = MokaStorage::new(1 << 20, Duration::ZERO).leak();
         let key = CacheKey::new("k", "");
         store(storage, &key, b"hello world").await;
         let (_, mut hit) = storage
@@ -438,7 +584,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_bound_is_respected() {
-        let storage = MokaStorage::leak(64 * 1024, Duration::ZERO);
+        let storage = MokaStorage::new(64 * 1024, Duration::ZERO).leak();
         for i in 0..64 {
             let key = CacheKey::new(format!("k{i}"), "");
             store(storage, &key, &[b'x'; 4096]).await;
@@ -452,7 +598,7 @@ mod tests {
 
     #[tokio::test]
     async fn update_meta_and_expire_rewrite_the_entry() {
-        let storage = MokaStorage::leak(1 << 20, Duration::from_secs(60));
+        let storage = MokaStorage::new(1 << 20, Duration::from_secs(60)).leak();
         let key = CacheKey::new("k", "");
         store(storage, &key, b"body").await;
         let span = Span::inactive().handle();

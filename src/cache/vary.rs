@@ -3,21 +3,40 @@
 //! pingora stores one variant per distinct variance hash; this module computes the hash from the
 //! request headers named by the stored response's `Vary`. Header names are compared
 //! case-insensitively, and values are normalised (repeated fields joined, whitespace around
-//! commas dropped) so trivially different spellings share a variant.
+//! commas dropped) so trivially different spellings share a variant. `Accept-Encoding` is
+//! special: when the proxy compresses, one entry holds every coding and it plays no part in
+//! the variant; otherwise its normalised form (at most four spellings) does.
 
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
+/// How `Vary: Accept-Encoding` selects a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptEncodingVariance {
+    /// The proxy compresses: every coding lives in one entry.
+    Ignored,
+    /// The origin's codings are stored as variants, keyed by this normalised value.
+    Normalized(&'static str),
+}
+
 /// The variance hash of `req` against a stored response, or `None` when it has no `Vary`.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+pub fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    accept_encoding: AcceptEncodingVariance,
+) -> Option<HashBinary> {
     let names = vary_names(meta);
-    if names.is_empty() {
-        return None;
-    }
     let mut builder = VarianceBuilder::new();
     for name in names {
-        let value = normalized_value(req, &name);
+        let value = if name == "accept-encoding" {
+            match accept_encoding {
+                AcceptEncodingVariance::Ignored => continue,
+                AcceptEncodingVariance::Normalized(value) => value.as_bytes().to_vec(),
+            }
+        } else {
+            normalized_value(req, &name)
+        };
         builder.add_owned_name_value(name, value);
     }
     builder.finalize()
@@ -76,6 +95,7 @@ mod tests {
     #[test]
     fn variants_follow_listed_headers_only() {
         let meta = meta_with_vary("Accept-Language");
+        let variance = |meta: &CacheMeta, req: &RequestHeader| variance(meta, req, IGNORED);
         let en = variance(&meta, &req(&[("accept-language", "en")]));
         let fr = variance(&meta, &req(&[("accept-language", "fr")]));
         let en_other = variance(&meta, &req(&[("accept-language", "en"), ("user-agent", "x")]));
@@ -86,23 +106,38 @@ mod tests {
 
     #[test]
     fn whitespace_and_case_of_names_do_not_split_variants() {
-        let meta = meta_with_vary("accept-encoding, ACCEPT-LANGUAGE");
+        let meta = meta_with_vary("x-device, ACCEPT-LANGUAGE");
         let a = variance(
             &meta,
-            &req(&[("accept-encoding", "gzip,br"), ("accept-language", "en")]),
+            &req(&[("x-device", "a,b"), ("accept-language", "en")]),
+            IGNORED,
         );
         let b = variance(
             &meta,
-            &req(&[("accept-encoding", "gzip, br"), ("accept-language", "en")]),
+            &req(&[("x-device", "a, b"), ("accept-language", "en")]),
+            IGNORED,
         );
         assert_eq!(a, b);
     }
+
+    #[test]
+    fn accept_encoding_is_ignored_or_normalised() {
+        let meta = meta_with_vary("Accept-Encoding");
+        let gzip = req(&[("accept-encoding", "gzip")]);
+        assert_eq!(variance(&meta, &gzip, IGNORED), None);
+        let normalized = |value| variance(&meta, &gzip, AcceptEncodingVariance::Normalized(value));
+        assert_ne!(normalized("gzip"), normalized("br, gzip"));
+        assert_eq!(normalized("gzip"), normalized("gzip"));
+    }
+
+    const IGNORED: AcceptEncodingVariance = AcceptEncodingVariance::Ignored;
 
     #[test]
     fn no_vary_means_no_variance() {
         let mut header = ResponseHeader::build(200, None).unwrap();
         header.insert_header("x", "y").unwrap();
         let now = SystemTime::now();
-        assert_eq!(variance(&CacheMeta::new(now, now, 0, 0, header), &req(&[])), None);
+        let meta = CacheMeta::new(now, now, 0, 0, header);
+        assert_eq!(variance(&meta, &req(&[]), IGNORED), None);
     }
 }

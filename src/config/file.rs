@@ -21,6 +21,9 @@ pub struct FileConfig {
     /// Cache sizing and defaults.
     #[serde(default)]
     pub cache: CacheSection,
+    /// What is compressed and how hard.
+    #[serde(default)]
+    pub compression: CompressionSection,
     /// Virtual hosts, each with its origins.
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteSection>,
@@ -120,6 +123,42 @@ impl Default for CacheSection {
     }
 }
 
+/// `[compression]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSection {
+    /// Media types compressed: exact (`application/json`) or with one `*` (`text/*`).
+    pub types: Vec<String>,
+    /// Bodies smaller than this are sent as they are.
+    pub min_size: ByteSize,
+    /// gzip level (1-9) of stored responses.
+    pub gzip_level: u32,
+    /// Brotli quality (0-11) of stored responses when first stored.
+    pub brotli_level: u32,
+    /// Brotli quality that responses served as brotli are recompressed to in the background
+    /// (0: never).
+    pub brotli_background_level: u32,
+    /// gzip level for responses compressed as they stream through (misses, uncacheable).
+    pub stream_gzip_level: u32,
+    /// Brotli quality for responses compressed as they stream through.
+    pub stream_brotli_level: u32,
+}
+
+impl Default for CompressionSection {
+    fn default() -> Self {
+        let settings = super::CompressionSettings::default();
+        CompressionSection {
+            types: settings.types,
+            min_size: ByteSize(settings.min_size as u64),
+            gzip_level: settings.gzip_level,
+            brotli_level: settings.brotli_level,
+            brotli_background_level: settings.brotli_background_level,
+            stream_gzip_level: settings.stream_gzip_level,
+            stream_brotli_level: settings.stream_brotli_level,
+        }
+    }
+}
+
 /// One `[[site]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +187,9 @@ pub struct SiteSection {
     /// Cache this site's responses (set false to proxy only).
     #[serde(default = "yes")]
     pub cache: bool,
+    /// Compress this site's responses for clients that accept gzip or brotli.
+    #[serde(default = "yes")]
+    pub compress: bool,
     /// Connect to origins with TLS.
     #[serde(default)]
     pub origin_tls: bool,

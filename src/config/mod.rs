@@ -54,6 +54,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Cache sizing and defaults.
     pub cache: CacheSettings,
+    /// What is compressed and how hard.
+    pub compression: CompressionSettings,
     /// The sites, in file order.
     pub sites: Vec<SiteSettings>,
     /// Address of the built-in sample origin, when enabled.
@@ -114,6 +116,58 @@ pub struct CacheSettings {
     pub status_name: String,
 }
 
+/// Validated `[compression]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionSettings {
+    /// Media type patterns that are compressed.
+    pub types: Vec<String>,
+    /// Smallest body compressed.
+    pub min_size: usize,
+    /// gzip level of stored responses (1-9).
+    pub gzip_level: u32,
+    /// Brotli quality of stored responses when first stored (0-11).
+    pub brotli_level: u32,
+    /// Brotli quality of the background recompression (0: none).
+    pub brotli_background_level: u32,
+    /// gzip level of on-the-fly compression.
+    pub stream_gzip_level: u32,
+    /// Brotli quality of on-the-fly compression.
+    pub stream_brotli_level: u32,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        let types = [
+            "text/*",
+            "application/json",
+            "application/*+json",
+            "application/javascript",
+            "application/x-javascript",
+            "application/ecmascript",
+            "application/xml",
+            "application/*+xml",
+            "image/svg+xml",
+            "image/x-icon",
+            "image/vnd.microsoft.icon",
+            "application/wasm",
+            "font/ttf",
+            "font/otf",
+            "font/collection",
+            "application/vnd.ms-fontobject",
+            "application/x-font-ttf",
+        ];
+        CompressionSettings {
+            types: types.iter().map(|t| t.to_string()).collect(),
+            min_size: 256,
+            gzip_level: 6,
+            brotli_level: 5,
+            brotli_background_level: 11,
+            stream_gzip_level: 1,
+            stream_brotli_level: 2,
+        }
+    }
+}
+
 /// Validated `[[site]]`.
 #[derive(Debug, Clone)]
 pub struct SiteSettings {
@@ -135,6 +189,8 @@ pub struct SiteSettings {
     pub default: bool,
     /// Whether responses are cached.
     pub cache: bool,
+    /// Whether responses are compressed for clients that accept it.
+    pub compress: bool,
     /// TLS to origins.
     pub origin_tls: bool,
     /// SNI for TLS to origins.
@@ -363,8 +419,53 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
             keep_stale: cache.keep_stale.0,
             status_name: cache.status_name.clone(),
         },
+        compression: freeze_compression(&file.compression, at)?,
         sites,
         demo_listen: file.demo.as_ref().map(|d| d.listen),
+    })
+}
+
+fn freeze_compression(
+    section: &file::CompressionSection,
+    at: &Locator,
+) -> Result<CompressionSettings, ConfigError> {
+    let levels = [
+        ("gzip_level", section.gzip_level, 1..=9),
+        ("stream_gzip_level", section.stream_gzip_level, 1..=9),
+        ("brotli_level", section.brotli_level, 0..=11),
+        ("stream_brotli_level", section.stream_brotli_level, 0..=11),
+        ("brotli_background_level", section.brotli_background_level, 0..=11),
+    ];
+    for (name, level, range) in levels {
+        if !range.contains(&level) {
+            return Err(at.error(
+                &format!("compression.{name}"),
+                format!(
+                    "{level} is out of range: expected {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+    }
+    for (i, pattern) in section.types.iter().enumerate() {
+        let valid =
+            pattern.contains('/') && pattern.matches('*').count() <= 1 && !pattern.contains([' ', ';']);
+        if !valid {
+            return Err(at.error(
+                &format!("compression.types[{i}]"),
+                format!("{pattern:?} is not a media type pattern (e.g. \"text/*\", \"application/json\")"),
+            ));
+        }
+    }
+    Ok(CompressionSettings {
+        types: section.types.clone(),
+        min_size: section.min_size.as_usize(),
+        gzip_level: section.gzip_level,
+        brotli_level: section.brotli_level,
+        brotli_background_level: section.brotli_background_level,
+        stream_gzip_level: section.stream_gzip_level,
+        stream_brotli_level: section.stream_brotli_level,
     })
 }
 
@@ -463,6 +564,7 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         health_check,
         default: site.default,
         cache: site.cache,
+        compress: site.compress,
         origin_tls: site.origin_tls,
         origin_sni,
         origin_verify_cert: site.origin_verify_cert,

@@ -3,6 +3,8 @@
 use std::time::Instant;
 
 use crate::cache::CacheTarget;
+use crate::compression::stream::StreamEncoder;
+use crate::compression::Accepted;
 
 use super::cache_status::CacheOutcome;
 
@@ -17,6 +19,8 @@ pub struct RequestCtx {
     pub cache: CacheTrace,
     /// What the origin did.
     pub upstream: UpstreamTrace,
+    /// Content coding negotiation and on-the-fly compression.
+    pub encoding: Encoding,
 }
 
 impl RequestCtx {
@@ -27,6 +31,7 @@ impl RequestCtx {
             route: Route::default(),
             cache: CacheTrace::default(),
             upstream: UpstreamTrace::default(),
+            encoding: Encoding::default(),
         }
     }
 }
@@ -84,4 +89,15 @@ pub struct UpstreamTrace {
     pub last_error: Option<pingora::ErrorType>,
     /// Header fields of a 304 from the origin, merged into the stored response.
     pub not_modified: Option<http::HeaderMap>,
+}
+
+/// Content coding of the response.
+#[derive(Debug, Default)]
+pub struct Encoding {
+    /// The site compresses responses.
+    pub compress: bool,
+    /// Codings the client accepts.
+    pub accepted: Accepted,
+    /// Compresses a response that is not served from the cache as it streams through.
+    pub encoder: Option<StreamEncoder>,
 }

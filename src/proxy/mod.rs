@@ -26,7 +26,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 
 use crate::cache::policy::{self, CDN_CACHE_CONTROL};
-use crate::cache::{cache_key, vary, CachePolicy, CacheTarget, MokaStorage};
+use crate::cache::{cache_key, variants, vary, CachePolicy, CacheTarget, MokaStorage};
+use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility};
 use crate::config::{Config, SiteSettings};
 use crate::upstream::{HealthEvents, OriginPool};
 use cache_status::{CacheOutcome, CacheStatus};
@@ -58,25 +59,31 @@ pub struct CacheEngine {
     max_object_size: usize,
     lock_timeout: Duration,
     status_name: String,
+    /// Also used for on-the-fly compression of responses not served from the cache.
+    compression: CompressionPolicy,
 }
 
 impl CacheEngine {
     /// Builds (and leaks, once per process) the cache described by `config`.
     pub fn new(config: &Config) -> CacheEngine {
         let settings = &config.cache;
+        let compression = CompressionPolicy::new(&config.compression);
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(settings.lock_timeout));
         let predictor = Box::leak(Box::new(Predictor::new(
             1024,
             Some(policy::is_request_specific_reason),
         )));
         CacheEngine {
-            storage: MokaStorage::leak(settings.max_memory, settings.keep_stale),
+            storage: MokaStorage::new(settings.max_memory, settings.keep_stale)
+                .with_compression(compression.clone(), settings.max_object_size)
+                .leak(),
             lock,
             predictor,
             policy: CachePolicy::new(settings),
             max_object_size: settings.max_object_size,
             lock_timeout: settings.lock_timeout,
             status_name: settings.status_name.clone(),
+            compression,
         }
     }
 }
@@ -151,6 +158,8 @@ impl EdgeProxy {
         };
         ctx.route.site = Some(site);
         ctx.route.scheme = scheme;
+        ctx.encoding.compress = self.sites[site].settings.compress;
+        ctx.encoding.accepted = Accepted::of_request(session.req_header());
         ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
         if session.req_header().method.as_str() == "PURGE" {
             return self.authorise_purge(session, ctx).await;
@@ -272,6 +281,47 @@ impl EdgeProxy {
         }
     }
 
+    /// Sets up on-the-fly compression of a compressible response from the origin (misses and
+    /// uncacheable responses; stored responses already carry their coding).
+    fn start_compression(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let from_cache = matches!(
+            session.cache.phase(),
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        let policy = &self.cache.compression;
+        if !ctx.encoding.compress || from_cache || policy.eligibility(resp) != Eligibility::Compress {
+            return Ok(());
+        }
+        compression::add_vary_accept_encoding(resp)?;
+        let accepted = ctx.encoding.accepted;
+        let (coding, level) = if accepted.brotli {
+            (Coding::Brotli, policy.stream_brotli_level)
+        } else if accepted.gzip {
+            (Coding::Gzip, policy.stream_gzip_level)
+        } else {
+            return Ok(());
+        };
+        // A range of the identity body cannot be re-encoded; the client gets identity.
+        if session.req_header().headers.contains_key(http::header::RANGE) {
+            return Ok(());
+        }
+        compression::recode_header(resp, Coding::Identity, coding, true)?;
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        ctx.encoding.encoder = compression::stream::StreamEncoder::new(coding, level);
+        Ok(())
+    }
+
     fn log_access(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -340,14 +390,20 @@ impl ProxyHttp for EdgeProxy {
         ctx.route.purge
     }
 
-    /// Scheme + host + path + query, identical for HTTP/1.1 and HTTP/2.
+    /// Scheme + host + path + query, identical for HTTP/1.1 and HTTP/2. The key's tag tells the
+    /// storage which stored coding this client gets.
     fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let target = ctx
             .route
             .target
             .as_ref()
             .or_err(ErrorType::InternalError, "cache enabled without a target")?;
-        Ok(cache_key(target))
+        let mut key = cache_key(target);
+        let tag = variants::user_tag(ctx.encoding.compress, ctx.encoding.accepted);
+        if !tag.is_empty() {
+            key.user_tag = tag.to_string();
+        }
+        Ok(key)
     }
 
     /// Applies the request's `no-cache`, `max-age`, `min-fresh` and `max-stale`.
@@ -372,7 +428,12 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let variance = vary::variance(meta, req);
+        let accept_encoding = if ctx.encoding.compress {
+            vary::AcceptEncodingVariance::Ignored
+        } else {
+            vary::AcceptEncodingVariance::Normalized(ctx.encoding.accepted.header_value())
+        };
+        let variance = vary::variance(meta, req, accept_encoding);
         ctx.cache.vary_lookup |= variance.is_some();
         variance
     }
@@ -443,7 +504,7 @@ impl ProxyHttp for EdgeProxy {
         )?;
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         headers::set_forwarded(upstream_request, client_ip, ctx.route.scheme);
-        Ok(())
+        origin_codings(upstream_request, ctx)
     }
 
     /// Decides whether the origin's response is stored and for how long.
@@ -473,7 +534,7 @@ impl ProxyHttp for EdgeProxy {
     /// Records origin timing and strips hop-by-hop headers before the response is stored.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -485,6 +546,7 @@ impl ProxyHttp for EdgeProxy {
         }
         headers::strip_response_hop_by_hop(resp);
         if resp.status == http::StatusCode::NOT_MODIFIED {
+            keep_stored_etag(resp, session.cache.maybe_cache_meta());
             ctx.upstream.not_modified = Some(resp.headers.clone());
         }
         Ok(())
@@ -524,7 +586,32 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         self.invalidate_after_unsafe(session.req_header(), resp, ctx);
-        Ok(())
+        self.start_compression(session, resp, ctx)
+    }
+
+    /// Compresses a response that is not served from the cache as it streams through.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(encoder) = ctx.encoding.encoder.as_mut() else {
+            return Ok(None);
+        };
+        if body.is_none() && !end_of_stream {
+            return Ok(None);
+        }
+        let chunk = body.as_deref().unwrap_or_default();
+        let encoded = encoder
+            .encode(chunk, end_of_stream)
+            .or_err(ErrorType::InternalError, "compressing the response")?;
+        *body = (!encoded.is_empty()).then_some(encoded);
+        if end_of_stream {
+            ctx.encoding.encoder = None;
+        }
+        Ok(None)
     }
 
     /// A connection failure counts against the origin; idempotent requests move on to another
@@ -625,6 +712,52 @@ impl ProxyHttp for EdgeProxy {
         if self.access_log {
             self.log_access(session, error, ctx);
         }
+    }
+}
+
+/// What the origin is asked for: identity when the proxy compresses (so one fetch serves every
+/// client), else the client's acceptable codings in normalised form. Validators lose the
+/// proxy's coding suffixes, so the origin sees its own ETags.
+fn origin_codings(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let accept_encoding = http::header::ACCEPT_ENCODING;
+    let normalized = ctx.encoding.accepted.header_value();
+    if ctx.encoding.compress || normalized.is_empty() {
+        upstream_request.remove_header(&accept_encoding);
+    } else {
+        upstream_request.insert_header(accept_encoding, normalized)?;
+    }
+    for name in [
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MATCH,
+        http::header::IF_RANGE,
+    ] {
+        let stripped = upstream_request
+            .headers
+            .get(&name)
+            .and_then(compression::origin_validators);
+        if let Some(value) = stripped {
+            upstream_request.insert_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// A 304 revalidating a stored coding carries the origin's ETag; the stored coding keeps its
+/// own (suffixed) one, so the merged header still names the coding served.
+fn keep_stored_etag(not_modified: &mut ResponseHeader, stored: Option<&CacheMeta>) {
+    let Some(stored_etag) = stored.and_then(|m| m.headers().get(http::header::ETAG)) else {
+        return;
+    };
+    let Some(origin_form) = compression::origin_validators(stored_etag) else {
+        return;
+    };
+    let opaque = |v: &http::HeaderValue| v.as_bytes().strip_prefix(b"W/").unwrap_or(v.as_bytes()).to_vec();
+    let same_tag = not_modified
+        .headers
+        .get(http::header::ETAG)
+        .is_some_and(|etag| opaque(etag) == opaque(&origin_form));
+    if same_tag {
+        not_modified.remove_header(&http::header::ETAG);
     }
 }
 

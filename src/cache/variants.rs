@@ -1,0 +1,389 @@
+//! The stored codings of one response: identity, gzip and brotli side by side in one entry.
+//!
+//! A URL is fetched from the origin once. When it is stored, the compressible body is encoded
+//! once per coding (or, when the origin sent gzip or brotli, its bytes are kept and decoded for
+//! everyone else), and each lookup picks the representation the client accepts. All codings
+//! share one cache entry, so they are stored, expired, revalidated and purged together and
+//! count together towards `max_memory`.
+//!
+//! pingora's storage interface only sees the cache key, so the request's side of the choice
+//! travels in the key's `user_tag` (see [`user_tag`]).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::Result;
+
+use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility};
+
+/// Objects up to this size are worth recompressing at maximum brotli quality in the background
+/// (brotli 11 runs at roughly 1 MB/s per core).
+pub const BACKGROUND_MAX_BYTES: usize = 4 << 20;
+
+/// One stored coding of a response: the header it is served with and its bytes.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    /// Its content coding.
+    pub coding: Coding,
+    /// The response header for this coding (`Content-Encoding`, `Content-Length`, `ETag`).
+    pub header: ResponseHeader,
+    /// The body as sent.
+    pub body: Bytes,
+}
+
+/// All stored codings of one response.
+#[derive(Debug, Clone)]
+pub struct Variants {
+    /// Served to clients that accept none of the others: the identity body when compressed
+    /// codings exist, else the response exactly as the origin sent it.
+    pub primary: Representation,
+    /// The gzip coding, when stored.
+    pub gzip: Option<Representation>,
+    /// The brotli coding, when stored.
+    pub brotli: Option<Representation>,
+    /// Coding of the origin's own bytes (its ETag belongs to that representation).
+    origin_coding: Coding,
+    /// The brotli body is a fast first pass worth recompressing at maximum quality.
+    pub brotli_upgradable: bool,
+}
+
+impl Variants {
+    /// The response as the origin sent it, served to everyone.
+    pub fn single(header: ResponseHeader, body: Bytes) -> Variants {
+        let coding = Coding::of_response(&header).unwrap_or(Coding::Identity);
+        Variants {
+            primary: Representation { coding, header, body },
+            gzip: None,
+            brotli: None,
+            origin_coding: coding,
+            brotli_upgradable: false,
+        }
+    }
+
+    /// The codings of a complete response: the single response when it is not compressible,
+    /// too small, does not shrink, or cannot be decoded within `max_decoded` bytes. CPU-heavy
+    /// for large bodies: run it off the event loop.
+    pub fn build(
+        header: ResponseHeader,
+        body: Bytes,
+        eligibility: Eligibility,
+        policy: &CompressionPolicy,
+        max_decoded: usize,
+    ) -> Variants {
+        let origin_coding = match eligibility {
+            Eligibility::Untouched => return Variants::single(header, body),
+            Eligibility::Compress => Coding::Identity,
+            Eligibility::Encoded(coding) => coding,
+        };
+        let identity = match origin_coding.decode(&body, max_decoded) {
+            Ok(_) if origin_coding == Coding::Identity => body.clone(),
+            Ok(decoded) => Bytes::from(decoded),
+            Err(_) => return Variants::single(header, body),
+        };
+        if origin_coding == Coding::Identity && identity.len() < policy.min_size {
+            return Variants::single(header, body);
+        }
+        let encode = |coding: Coding| -> Option<Bytes> {
+            if coding == origin_coding {
+                return Some(body.clone());
+            }
+            let encoded = coding.encode(&identity, policy.stored_level(coding));
+            (encoded.len() < identity.len()).then(|| Bytes::from(encoded))
+        };
+        let gzip = encode(Coding::Gzip);
+        let brotli = encode(Coding::Brotli);
+        if gzip.is_none() && brotli.is_none() && origin_coding == Coding::Identity {
+            return Variants::single(header, body);
+        }
+        let brotli_upgradable = brotli.is_some()
+            && origin_coding != Coding::Brotli
+            && policy.brotli_background_level > policy.brotli_level
+            && identity.len() <= BACKGROUND_MAX_BYTES;
+        let bodies = Bodies {
+            identity,
+            gzip,
+            brotli,
+        };
+        Variants::assemble(&header, origin_coding, bodies, brotli_upgradable)
+            .unwrap_or_else(|_| Variants::single(header, body))
+    }
+
+    /// The representation for a client accepting `accepted`: br, then gzip, then identity.
+    pub fn select(&self, accepted: Accepted) -> &Representation {
+        let brotli = self.brotli.as_ref().filter(|_| accepted.brotli);
+        let gzip = self.gzip.as_ref().filter(|_| accepted.gzip);
+        brotli.or(gzip).unwrap_or(&self.primary)
+    }
+
+    /// Bytes of bodies and headers.
+    pub fn weight(&self) -> usize {
+        [Some(&self.primary), self.gzip.as_ref(), self.brotli.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|r| r.body.len() + header_weight(&r.header))
+            .sum()
+    }
+
+    /// The codings after a revalidation merged new fields into `served`, the header of the
+    /// `served_coding` representation: every representation gets the new fields.
+    pub fn with_header(&self, served: &ResponseHeader, served_coding: Coding) -> Result<Variants> {
+        if !self.is_managed() {
+            return Ok(Variants::single(served.clone(), self.primary.body.clone()));
+        }
+        let mut origin_header = served.clone();
+        origin_form(
+            &mut origin_header,
+            served_coding,
+            self.origin_coding,
+            self.origin_etag_weak(),
+        )?;
+        let bodies = Bodies {
+            identity: self.primary.body.clone(),
+            gzip: self.gzip.as_ref().map(|r| r.body.clone()),
+            brotli: self.brotli.as_ref().map(|r| r.body.clone()),
+        };
+        Variants::assemble(&origin_header, self.origin_coding, bodies, self.brotli_upgradable)
+    }
+
+    /// The same codings with a final, maximum-quality brotli body.
+    pub fn with_final_brotli(&self, body: Bytes) -> Result<Variants> {
+        let mut origin_header = self.primary.header.clone();
+        origin_form(
+            &mut origin_header,
+            Coding::Identity,
+            self.origin_coding,
+            self.origin_etag_weak(),
+        )?;
+        let bodies = Bodies {
+            identity: self.primary.body.clone(),
+            gzip: self.gzip.as_ref().map(|r| r.body.clone()),
+            brotli: Some(body),
+        };
+        Variants::assemble(&origin_header, self.origin_coding, bodies, false)
+    }
+
+    /// Whether the origin's ETag is weak (the identity representation keeps its weakness).
+    fn origin_etag_weak(&self) -> bool {
+        self.primary
+            .header
+            .headers
+            .get(http::header::ETAG)
+            .is_some_and(|v| v.as_bytes().starts_with(b"W/"))
+    }
+
+    /// Whether the proxy derived codings for this response (and added `Vary: Accept-Encoding`).
+    fn is_managed(&self) -> bool {
+        self.gzip.is_some() || self.brotli.is_some() || self.origin_coding != self.primary.coding
+    }
+
+    /// Builds every representation's header from the origin's header.
+    fn assemble(
+        origin_header: &ResponseHeader,
+        origin_coding: Coding,
+        bodies: Bodies,
+        brotli_upgradable: bool,
+    ) -> Result<Variants> {
+        let represent = |coding: Coding, body: Bytes, weak: bool| -> Result<Representation> {
+            let mut header = origin_header.clone();
+            compression::recode_header(&mut header, origin_coding, coding, weak)?;
+            header.remove_header(&http::header::TRANSFER_ENCODING);
+            header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            compression::add_vary_accept_encoding(&mut header)?;
+            Ok(Representation { coding, header, body })
+        };
+        Ok(Variants {
+            primary: represent(Coding::Identity, bodies.identity, false)?,
+            gzip: bodies
+                .gzip
+                .map(|b| represent(Coding::Gzip, b, false))
+                .transpose()?,
+            // A first-pass brotli body is replaced later, so its ETag must not claim byte
+            // equality with the final one.
+            brotli: bodies
+                .brotli
+                .map(|b| represent(Coding::Brotli, b, brotli_upgradable))
+                .transpose()?,
+            origin_coding,
+            brotli_upgradable,
+        })
+    }
+}
+
+/// The bodies of a managed response.
+struct Bodies {
+    identity: Bytes,
+    gzip: Option<Bytes>,
+    brotli: Option<Bytes>,
+}
+
+/// Undoes what [`compression::recode_header`] did for `served`: the origin's
+/// `Content-Encoding` and ETag (`origin_weak`: whether the origin's ETag was weak).
+fn origin_form(header: &mut ResponseHeader, served: Coding, origin: Coding, origin_weak: bool) -> Result<()> {
+    if served == origin {
+        return Ok(());
+    }
+    match origin.token() {
+        Some(token) => header.insert_header(http::header::CONTENT_ENCODING, token)?,
+        None => {
+            header.remove_header(&http::header::CONTENT_ENCODING);
+        }
+    }
+    let etag = header
+        .headers
+        .get(http::header::ETAG)
+        .and_then(compression::origin_validators);
+    // The proxy may have weakened the tag (a first-pass brotli body): restore the origin's.
+    if let Some(Ok(etag)) = etag.as_ref().map(|e| e.to_str()) {
+        let opaque = etag.trim_start_matches("W/");
+        let etag = if origin_weak {
+            format!("W/{opaque}")
+        } else {
+            opaque.to_string()
+        };
+        header.insert_header(http::header::ETAG, etag)?;
+    }
+    Ok(())
+}
+
+/// Bookkeeping bytes charged per header field (map slot, name and value handles).
+const HEADER_FIELD_OVERHEAD: usize = 48;
+
+/// Bytes a stored header is charged.
+pub fn header_weight(header: &ResponseHeader) -> usize {
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
+        .sum()
+}
+
+/// The `user_tag` of a request's cache key: whether its site compresses and which codings it
+/// accepts. The storage reads it back with [`parse_user_tag`] to pick a representation.
+pub fn user_tag(compress: bool, accepted: Accepted) -> &'static str {
+    match (compress, accepted.brotli, accepted.gzip) {
+        (false, _, _) => "",
+        (true, false, false) => "c",
+        (true, false, true) => "cg",
+        (true, true, false) => "cb",
+        (true, true, true) => "cbg",
+    }
+}
+
+/// The site's compression switch and the accepted codings carried by a cache key's `user_tag`.
+pub fn parse_user_tag(tag: &str) -> (bool, Accepted) {
+    let Some(codings) = tag.strip_prefix('c') else {
+        return (false, Accepted::default());
+    };
+    let accepted = Accepted {
+        brotli: codings.contains('b'),
+        gzip: codings.contains('g'),
+    };
+    (true, accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CompressionSettings;
+
+    fn policy() -> CompressionPolicy {
+        CompressionPolicy::new(&CompressionSettings::default())
+    }
+
+    fn html(etag: &str) -> ResponseHeader {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("content-type", "text/html").unwrap();
+        header.insert_header("etag", etag).unwrap();
+        header
+    }
+
+    fn text() -> Bytes {
+        Bytes::from("<p>compress me once</p>\n".repeat(400))
+    }
+
+    fn build(header: ResponseHeader, body: Bytes) -> Variants {
+        let eligibility = policy().eligibility(&header);
+        Variants::build(header, body, eligibility, &policy(), 1 << 20)
+    }
+
+    const BOTH: Accepted = Accepted {
+        gzip: true,
+        brotli: true,
+    };
+    const GZIP: Accepted = Accepted {
+        gzip: true,
+        brotli: false,
+    };
+
+    #[test]
+    fn each_coding_has_its_own_length_etag_and_vary() {
+        let variants = build(html("\"v1\""), text());
+        let identity = variants.select(Accepted::default());
+        assert_eq!(identity.coding, Coding::Identity);
+        assert_eq!(identity.header.headers["etag"], "\"v1\"");
+        let gzip = variants.select(GZIP);
+        assert_eq!(gzip.header.headers["content-encoding"], "gzip");
+        assert_eq!(gzip.header.headers["etag"], "\"v1~gzip\"");
+        assert_eq!(
+            gzip.header.headers["content-length"],
+            gzip.body.len().to_string().as_str()
+        );
+        let brotli = variants.select(BOTH);
+        assert_eq!(brotli.coding, Coding::Brotli);
+        assert_eq!(brotli.header.headers["etag"], "W/\"v1~br\"");
+        for r in [identity, gzip, brotli] {
+            assert_eq!(r.header.headers["vary"], "Accept-Encoding");
+            assert_eq!(r.coding.decode(&r.body, 1 << 20).unwrap(), text());
+        }
+        let upgraded = variants.with_final_brotli(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(upgraded.select(BOTH).header.headers["etag"], "\"v1~br\"");
+        assert!(!upgraded.brotli_upgradable);
+    }
+
+    #[test]
+    fn origin_gzip_is_kept_and_decoded_for_identity_clients() {
+        let mut header = html("\"z\"");
+        header.insert_header("content-encoding", "gzip").unwrap();
+        let gzipped = Bytes::from(Coding::Gzip.encode(&text(), 9));
+        let variants = build(header, gzipped.clone());
+        assert_eq!(variants.select(GZIP).body, gzipped);
+        assert_eq!(variants.select(GZIP).header.headers["etag"], "\"z\"");
+        let identity = variants.select(Accepted::default());
+        assert_eq!(identity.body, text());
+        assert!(identity.header.headers.get("content-encoding").is_none());
+        assert_eq!(identity.header.headers["etag"], "\"z~identity\"");
+    }
+
+    #[test]
+    fn incompressible_or_small_bodies_are_stored_once() {
+        let small = build(html("\"s\""), Bytes::from_static(b"tiny"));
+        assert!(small.gzip.is_none() && small.brotli.is_none());
+        assert!(small.primary.header.headers.get("vary").is_none());
+        let mut image = ResponseHeader::build(200, None).unwrap();
+        image.insert_header("content-type", "image/png").unwrap();
+        assert!(build(image, text()).gzip.is_none());
+    }
+
+    #[test]
+    fn revalidated_fields_reach_every_coding() {
+        let variants = build(html("\"v1\""), text());
+        let mut served = variants.select(GZIP).header.clone();
+        served.insert_header("etag", "\"v1\"").unwrap();
+        served.insert_header("x-updated", "yes").unwrap();
+        let updated = variants.with_header(&served, Coding::Gzip).unwrap();
+        assert_eq!(updated.select(GZIP).header.headers["etag"], "\"v1~gzip\"");
+        assert_eq!(updated.primary.header.headers["etag"], "\"v1\"");
+        assert_eq!(updated.select(BOTH).header.headers["x-updated"], "yes");
+        assert_eq!(updated.primary.header.headers.get_all("vary").iter().count(), 1);
+    }
+
+    #[test]
+    fn user_tags_round_trip() {
+        for accepted in [Accepted::default(), GZIP, BOTH] {
+            assert_eq!(parse_user_tag(user_tag(true, accepted)), (true, accepted));
+        }
+        assert_eq!(
+            parse_user_tag(user_tag(false, BOTH)),
+            (false, Accepted::default())
+        );
+    }
+}
