@@ -100,4 +100,24 @@ pub struct Encoding {
     pub accepted: Accepted,
     /// Compresses a response that is not served from the cache as it streams through.
     pub encoder: Option<StreamEncoder>,
+    /// Compression time since the stream last paused for other requests.
+    pub busy: std::time::Duration,
+}
+
+/// Compression time after which an on-the-fly compressed stream gives way to other requests.
+const COMPRESSION_SLICE: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// How long the stream then pauses (the shortest timer tick).
+const COMPRESSION_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Encoding {
+    /// Accounts `spent` compressing one chunk; a pause once a slice of CPU time is used up.
+    pub fn pause_after(&mut self, spent: std::time::Duration) -> Option<std::time::Duration> {
+        self.busy += spent;
+        if self.busy < COMPRESSION_SLICE {
+            return None;
+        }
+        self.busy = std::time::Duration::ZERO;
+        Some(COMPRESSION_PAUSE)
+    }
 }

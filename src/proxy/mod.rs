@@ -589,7 +589,10 @@ impl ProxyHttp for EdgeProxy {
         self.start_compression(session, resp, ctx)
     }
 
-    /// Compresses a response that is not served from the cache as it streams through.
+    /// Compresses a response that is not served from the cache as it streams through. A large
+    /// body from a fast origin would otherwise keep the worker thread compressing without a
+    /// break (tokio preempts by I/O operations, not time), so the stream pauses briefly after
+    /// every few milliseconds of compression to let other requests run.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -604,6 +607,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(None);
         }
         let chunk = body.as_deref().unwrap_or_default();
+        let started = Instant::now();
         let encoded = encoder
             .encode(chunk, end_of_stream)
             .or_err(ErrorType::InternalError, "compressing the response")?;
@@ -611,7 +615,7 @@ impl ProxyHttp for EdgeProxy {
         if end_of_stream {
             ctx.encoding.encoder = None;
         }
-        Ok(None)
+        Ok(ctx.encoding.pause_after(started.elapsed()))
     }
 
     /// A connection failure counts against the origin; idempotent requests move on to another

@@ -278,7 +278,12 @@ impl Proxy {
     /// Like [`Proxy::start`], with extra `[server]` keys.
     pub fn start_with_server(body: &str, server_keys: &str) -> Proxy {
         let addr = free_port();
-        let text = format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{server_keys}\n{body}");
+        let threads = if server_keys.contains("threads") {
+            ""
+        } else {
+            "threads = 2\n"
+        };
+        let text = format!("[server]\nlisten = [\"{addr}\"]\n{threads}{server_keys}\n{body}");
         let config = edgecache::config::Config::parse(&text, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let built = edgecache::server::build(&config, None).unwrap();

@@ -1,0 +1,499 @@
+//! Compression end to end: negotiation, one origin fetch per URL, stored codings with their own
+//! validators, untouched bodies, on-the-fly compression and a non-blocking event loop.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{client, eventually, Origin, Proxy, Reply};
+
+const FRESH: &str = "public, max-age=60";
+
+/// Deterministic HTML-like text of about `len` bytes (a fixed vocabulary and a fixed LCG), so
+/// compression levels make a visible difference.
+fn page(len: usize) -> Bytes {
+    const WORDS: [&str; 16] = [
+        "edge",
+        "cache",
+        "origin",
+        "request",
+        "<p>",
+        "</p>",
+        "stale",
+        "fresh",
+        "vary",
+        "gzip",
+        "brotli",
+        "header",
+        "<div class=\"row\">",
+        "</div>",
+        "status",
+        "proxy",
+    ];
+    let mut text = String::with_capacity(len + 32);
+    let mut state: u32 = 12345;
+    while text.len() < len {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        text.push_str(WORDS[(state >> 16) as usize % WORDS.len()]);
+        text.push(if state % 7 == 0 { '\n' } else { ' ' });
+    }
+    text.truncate(len);
+    Bytes::from(text)
+}
+
+/// One response as received (nothing decoded by the client).
+struct Fetched {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+}
+
+impl Fetched {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn coding(&self) -> &str {
+        self.header("content-encoding").unwrap_or("identity")
+    }
+
+    /// The body with its content coding removed.
+    fn decoded(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self.coding() {
+            "gzip" => {
+                flate2::read::GzDecoder::new(&self.body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            "br" => {
+                brotli::Decompressor::new(&self.body[..], 4096)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            _ => out = self.body.to_vec(),
+        }
+        out
+    }
+
+    fn varies_on_accept_encoding(&self) -> bool {
+        self.headers.get_all("vary").iter().any(|v| {
+            v.to_str()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("accept-encoding")
+        })
+    }
+}
+
+async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Fetched {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.unwrap();
+    Fetched {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.unwrap(),
+    }
+}
+
+async fn get_with(proxy: &Proxy, path: &str, accept_encoding: &str) -> Fetched {
+    fetch(proxy, "GET", path, &[("accept-encoding", accept_encoding)]).await
+}
+
+fn serve_page(origin: &Origin, path: &str, body: Bytes, cache_control: &'static str) {
+    origin.route(path, move |_, _| {
+        Reply::ok(body.clone())
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", cache_control)
+            .header("etag", "\"v1\"")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_accept_encoding_gets_the_preferred_acceptable_coding() {
+    let origin = Origin::start().await;
+    let body = page(20_000);
+    serve_page(&origin, "/page", body.clone(), FRESH);
+    let proxy = Proxy::for_origin(&origin, "");
+    let cases = [
+        ("", "identity"),
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("gzip, deflate, br", "br"),
+        ("br;q=0, gzip", "gzip"),
+        ("br;q=0.1, gzip;q=1", "br"),
+        ("gzip;q=0", "identity"),
+        ("*", "br"),
+        ("*;q=0", "identity"),
+        ("identity;q=0, gzip;q=0, br;q=0", "identity"),
+        ("deflate, zstd", "identity"),
+        ("x-gzip", "gzip"),
+    ];
+    // The first round includes the miss (compressed on the fly), the second is all hits.
+    for round in 0..2 {
+        for (accept_encoding, expected) in cases {
+            let resp = get_with(&proxy, "/page", accept_encoding).await;
+            assert_eq!(resp.status, 200);
+            assert_eq!(
+                resp.coding(),
+                expected,
+                "round {round}, Accept-Encoding: {accept_encoding:?}"
+            );
+            assert_eq!(resp.decoded(), body, "round {round}, {accept_encoding:?}");
+            assert!(resp.varies_on_accept_encoding(), "{accept_encoding:?}");
+        }
+    }
+    assert_eq!(origin.hits("/page"), 1, "one origin fetch for every coding");
+    let seen = origin.seen("/page");
+    assert!(
+        seen[0].headers.get("accept-encoding").is_none(),
+        "the origin is asked for identity"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_each_coding_share_one_origin_fetch() {
+    let origin = Origin::start().await;
+    let body = page(50_000);
+    serve_page(&origin, "/shared", body.clone(), FRESH);
+    let proxy = Proxy::for_origin(&origin, "");
+    let identity = get_with(&proxy, "/shared", "identity").await;
+    let gzip = get_with(&proxy, "/shared", "gzip").await;
+    let brotli = get_with(&proxy, "/shared", "br").await;
+    assert_eq!(origin.hits("/shared"), 1);
+    assert_eq!(identity.body, body);
+    assert_eq!(gzip.decoded(), body);
+    assert_eq!(brotli.decoded(), body);
+    assert!(gzip.header("cache-status").unwrap().contains("hit"));
+    assert!(gzip.body.len() < body.len() / 2 && brotli.body.len() < body.len() / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_304_and_range_work_per_coding() {
+    let origin = Origin::start().await;
+    let body = page(30_000);
+    serve_page(&origin, "/doc", body.clone(), FRESH);
+    let proxy = Proxy::for_origin(&origin, "");
+    get_with(&proxy, "/doc", "").await;
+
+    let gzip = get_with(&proxy, "/doc", "gzip").await;
+    let gzip_etag = gzip.header("etag").unwrap().to_string();
+    assert_eq!(gzip_etag, "\"v1~gzip\"");
+    assert_eq!(
+        gzip.header("content-length").unwrap(),
+        gzip.body.len().to_string()
+    );
+
+    let head = fetch(&proxy, "HEAD", "/doc", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.coding(), "gzip");
+    assert_eq!(head.header("content-length"), gzip.header("content-length"));
+    assert!(head.body.is_empty());
+
+    let not_modified = fetch(
+        &proxy,
+        "GET",
+        "/doc",
+        &[("accept-encoding", "gzip"), ("if-none-match", &gzip_etag)],
+    )
+    .await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("etag"), Some(gzip_etag.as_str()));
+    let other_coding = fetch(
+        &proxy,
+        "GET",
+        "/doc",
+        &[("accept-encoding", "br"), ("if-none-match", &gzip_etag)],
+    )
+    .await;
+    assert_eq!(
+        other_coding.status, 200,
+        "a gzip validator does not match the br coding"
+    );
+    let identity_etag = fetch(&proxy, "GET", "/doc", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(identity_etag.status, 304);
+
+    let range = fetch(
+        &proxy,
+        "GET",
+        "/doc",
+        &[("accept-encoding", "gzip"), ("range", "bytes=0-99")],
+    )
+    .await;
+    assert_eq!(range.status, 206);
+    assert_eq!(range.coding(), "gzip");
+    let total = gzip.body.len();
+    assert_eq!(
+        range.header("content-range").unwrap(),
+        format!("bytes 0-99/{total}")
+    );
+    assert_eq!(range.body, gzip.body.slice(0..100));
+    assert_eq!(origin.hits("/doc"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidation_keeps_every_coding_and_sends_the_origin_its_own_etag() {
+    let origin = Origin::start().await;
+    let body = page(20_000);
+    let stored = body.clone();
+    origin.route("/reval", move |seen, n| {
+        if n > 1 {
+            assert_eq!(seen.headers.get("if-none-match").unwrap(), "\"v1\"");
+            return Reply::new(304, "")
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=60");
+        }
+        Reply::ok(stored.clone())
+            .header("content-type", "text/html")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\"")
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    get_with(&proxy, "/reval", "gzip").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let revalidated = get_with(&proxy, "/reval", "gzip").await;
+    assert_eq!(origin.hits("/reval"), 2);
+    assert_eq!(revalidated.coding(), "gzip");
+    assert_eq!(revalidated.header("etag"), Some("\"v1~gzip\""));
+    assert_eq!(revalidated.decoded(), body);
+    for accept_encoding in ["", "gzip", "br"] {
+        let hit = get_with(&proxy, "/reval", accept_encoding).await;
+        assert!(
+            hit.header("cache-status").unwrap().contains("hit"),
+            "{accept_encoding:?}"
+        );
+        assert_eq!(hit.decoded(), body);
+    }
+    assert_eq!(origin.hits("/reval"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transform_media_and_small_bodies_are_untouched() {
+    let origin = Origin::start().await;
+    let text = page(10_000);
+    let no_transform = text.clone();
+    origin.route("/no-transform", move |_, _| {
+        Reply::ok(no_transform.clone())
+            .header("content-type", "text/html")
+            .header("cache-control", "max-age=60, no-transform")
+    });
+    let image = text.clone();
+    origin.route("/image", move |_, _| {
+        Reply::ok(image.clone())
+            .header("content-type", "image/png")
+            .header("cache-control", FRESH)
+    });
+    origin.route("/small", |_, _| {
+        Reply::ok("tiny")
+            .header("content-type", "text/plain")
+            .header("cache-control", FRESH)
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    for path in ["/no-transform", "/image", "/small"] {
+        for _ in 0..2 {
+            let resp = get_with(&proxy, path, "gzip, br").await;
+            assert_eq!(resp.coding(), "identity", "{path}");
+            assert!(!resp.varies_on_accept_encoding(), "{path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_compressed_bodies_are_kept_and_decoded_for_other_clients() {
+    let origin = Origin::start().await;
+    let text = page(40_000);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+    std::io::Write::write_all(&mut encoder, &text).unwrap();
+    let gzipped = Bytes::from(encoder.finish().unwrap());
+    let origin_bytes = gzipped.clone();
+    origin.route("/pre", move |_, _| {
+        Reply::ok(origin_bytes.clone())
+            .header("content-type", "application/javascript")
+            .header("content-encoding", "gzip")
+            .header("cache-control", FRESH)
+            .header("etag", "\"gz\"")
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    // Stored first (a client that accepts the origin's coding gets its bytes as they are).
+    let first = get_with(&proxy, "/pre", "gzip").await;
+    assert_eq!(first.body, gzipped);
+    let gzip = get_with(&proxy, "/pre", "gzip").await;
+    assert_eq!(gzip.body, gzipped, "the origin's bytes are served as they are");
+    assert_eq!(gzip.header("etag"), Some("\"gz\""));
+    let identity = get_with(&proxy, "/pre", "").await;
+    assert_eq!(identity.coding(), "identity");
+    assert_eq!(identity.body, text);
+    assert_eq!(identity.header("etag"), Some("\"gz~identity\""));
+    let brotli = get_with(&proxy, "/pre", "br").await;
+    assert_eq!(brotli.coding(), "br");
+    assert_eq!(brotli.decoded(), text);
+    assert_eq!(origin.hits("/pre"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_responses_are_compressed_as_they_stream() {
+    let origin = Origin::start().await;
+    let body = page(100_000);
+    serve_page(&origin, "/private", body.clone(), "private, max-age=60");
+    let proxy = Proxy::for_origin(&origin, "");
+    for (accept_encoding, coding) in [("gzip", "gzip"), ("br", "br"), ("", "identity")] {
+        let resp = get_with(&proxy, "/private", accept_encoding).await;
+        assert_eq!(resp.coding(), coding);
+        assert_eq!(resp.decoded(), body);
+        assert!(resp.varies_on_accept_encoding());
+        if coding != "identity" {
+            assert!(resp.header("content-length").is_none());
+            let etag = resp.header("etag").unwrap();
+            assert_eq!(
+                etag,
+                format!("W/\"v1~{coding}\""),
+                "on-the-fly bytes get a weak tag"
+            );
+        }
+    }
+    assert_eq!(origin.hits("/private"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_from_the_origin_is_merged_and_still_selects_variants() {
+    let origin = Origin::start().await;
+    origin.route("/lang", |seen, _| {
+        let lang = seen
+            .headers
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap());
+        Reply::ok(format!("{lang} ").repeat(2000))
+            .header("content-type", "text/plain")
+            .header("cache-control", FRESH)
+            .header("vary", "Accept-Language")
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    for _ in 0..2 {
+        for lang in ["en", "fr"] {
+            let resp = fetch(
+                &proxy,
+                "GET",
+                "/lang",
+                &[("accept-encoding", "gzip"), ("accept-language", lang)],
+            )
+            .await;
+            assert_eq!(resp.coding(), "gzip");
+            assert_eq!(resp.decoded(), format!("{lang} ").repeat(2000).into_bytes());
+            let vary: Vec<_> = resp
+                .headers
+                .get_all("vary")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(
+                vary.join(", ").to_ascii_lowercase(),
+                "accept-language, accept-encoding"
+            );
+        }
+    }
+    assert_eq!(origin.hits("/lang"), 2, "one fetch per language, none per coding");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_without_compression_forwards_a_normalised_accept_encoding() {
+    let origin = Origin::start().await;
+    let body = page(10_000);
+    serve_page(&origin, "/plain", body.clone(), FRESH);
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\ncompress = false\n",
+        origin.addr
+    ));
+    let resp = get_with(&proxy, "/plain", "deflate, gzip;q=0.5, zstd").await;
+    assert_eq!(resp.coding(), "identity");
+    assert_eq!(resp.body, body);
+    assert_eq!(origin.seen("/plain")[0].headers["accept-encoding"], "gzip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brotli_is_recompressed_at_maximum_quality_in_the_background() {
+    let origin = Origin::start().await;
+    let body = page(200_000);
+    serve_page(&origin, "/hot", body.clone(), FRESH);
+    let proxy = Proxy::for_origin(&origin, "");
+    get_with(&proxy, "/hot", "").await;
+    let first_pass = get_with(&proxy, "/hot", "br").await;
+    assert_eq!(first_pass.header("etag"), Some("W/\"v1~br\""));
+    let first_len = first_pass.body.len();
+    let mut last = None;
+    let upgraded = eventually(Duration::from_secs(20), || {
+        let resp = futures_block(get_with(&proxy, "/hot", "br"));
+        let done = resp.header("etag") == Some("\"v1~br\"");
+        last = Some(resp);
+        done
+    })
+    .await;
+    assert!(upgraded, "the brotli coding was not upgraded");
+    let last = last.unwrap();
+    assert_eq!(last.decoded(), body);
+    assert!(last.body.len() < first_len, "{} !< {first_len}", last.body.len());
+    assert_eq!(origin.hits("/hot"), 1);
+}
+
+/// Runs a future to completion from a synchronous `eventually` check.
+fn futures_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressing_a_large_body_does_not_stall_other_requests() {
+    let origin = Origin::start().await;
+    let big = page(5 << 20);
+    serve_page(&origin, "/big", big.clone(), FRESH);
+    origin.fixed("/small", FRESH, "small");
+    // One worker thread: anything that blocked it would delay every other request.
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\n",
+            origin.addr
+        ),
+        "threads = 1",
+    );
+    get_with(&proxy, "/small", "").await;
+
+    let started = Instant::now();
+    let big_url = proxy.url("/big");
+    let big_request = tokio::spawn(async move {
+        let resp = client()
+            .get(big_url)
+            .header("accept-encoding", "gzip, br")
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.unwrap();
+        Instant::now()
+    });
+    let mut slowest = Duration::ZERO;
+    let mut completed = 0;
+    while !big_request.is_finished() {
+        let sent = Instant::now();
+        let small = get_with(&proxy, "/small", "").await;
+        assert_eq!(small.body, "small");
+        slowest = slowest.max(sent.elapsed());
+        completed += 1;
+    }
+    let big_done = big_request.await.unwrap();
+    assert!(
+        completed > 3,
+        "only {completed} small requests overlapped the big one"
+    );
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a small request took {slowest:?} while {:?} of compression ran",
+        big_done - started
+    );
+    let stored = get_with(&proxy, "/big", "gzip").await;
+    assert_eq!(stored.coding(), "gzip");
+    assert_eq!(stored.decoded(), big);
+    assert_eq!(origin.hits("/big"), 1);
+}
