@@ -101,5 +101,98 @@ fn storage(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, key_derivation, cacheability, storage);
+/// HTML-like text of `len` bytes from a fixed vocabulary, the kind of body that gets compressed.
+fn html_text(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "<div class=\"item\">",
+        "</div>",
+        "<a href=\"/product/",
+        "\">",
+        "</a>",
+        "price",
+        "<span>",
+        "</span>",
+        "edge",
+        "cache",
+        "description",
+        "\n",
+    ];
+    let mut text = Vec::with_capacity(len + 32);
+    let mut state: u32 = 7;
+    while text.len() < len {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        text.extend_from_slice(WORDS[(state >> 16) as usize % WORDS.len()].as_bytes());
+        text.extend_from_slice(format!("{} ", state % 1000).as_bytes());
+    }
+    text.truncate(len);
+    text
+}
+
+/// One iteration: compress a whole body once, as when a response is stored (default levels)
+/// and as the background recompression does (brotli 11).
+fn compression(c: &mut Criterion) {
+    use edgecache::compression::Coding;
+    let defaults = edgecache::config::CompressionSettings::default();
+    let mut group = c.benchmark_group("compress");
+    group.sample_size(10);
+    for (label, len) in [("1KiB", 1024), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let text = html_text(len);
+        group.throughput(criterion::Throughput::Bytes(len as u64));
+        let levels = [
+            ("gzip", Coding::Gzip, defaults.gzip_level),
+            ("gzip-stream", Coding::Gzip, defaults.stream_gzip_level),
+            ("br", Coding::Brotli, defaults.brotli_level),
+            ("br-stream", Coding::Brotli, defaults.stream_brotli_level),
+            ("br-background", Coding::Brotli, defaults.brotli_background_level),
+        ];
+        for (name, coding, level) in levels {
+            if name == "br-background" && len > (64 << 10) {
+                continue; // seconds per iteration; the 64 KiB figure gives the rate
+            }
+            let id = format!("{name} q{level} {label}");
+            group.bench_function(id, |b| b.iter(|| coding.encode(black_box(&text), level)));
+        }
+    }
+    group.finish();
+}
+
+/// One iteration: a hit that selects the gzip coding of a 100 KiB stored page.
+fn compressed_hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = MokaStorage::new(256 << 20, Duration::from_secs(600)).leak();
+    let span = Span::inactive().handle();
+    let mut key = cache_key(&CacheTarget {
+        scheme: "http",
+        host: "h".into(),
+        path_and_query: "/page".into(),
+    });
+    let now = SystemTime::now();
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header.insert_header("content-type", "text/html").unwrap();
+    header.insert_header("cache-control", "max-age=3600").unwrap();
+    let meta = CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header);
+    key.user_tag = "cg".into();
+    runtime.block_on(async {
+        let mut fill = storage.get_miss_handler(&key, &meta, &span).await.unwrap();
+        fill.write_body(Bytes::from(html_text(100 << 10)), true)
+            .await
+            .unwrap();
+        fill.finish().await.unwrap();
+    });
+    c.bench_function("storage lookup hit (100 KiB, gzip coding)", |b| {
+        b.iter(|| runtime.block_on(storage.lookup(&key, &span)).unwrap().unwrap())
+    });
+}
+
+criterion_group!(
+    benches,
+    key_derivation,
+    cacheability,
+    storage,
+    compression,
+    compressed_hit
+);
 criterion_main!(benches);

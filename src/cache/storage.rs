@@ -227,7 +227,7 @@ const UPGRADE_QUEUE: usize = 256;
 
 /// Bodies up to this size are compressed on the event loop: handing them to a blocking thread
 /// would cost more than the compression.
-const INLINE_COMPRESSION_MAX: usize = 16 * 1024;
+const INLINE_COMPRESSION_MAX: usize = 4 * 1024;
 
 impl MokaStorage {
     /// A storage holding at most `max_bytes`; entries with validators are kept `keep_stale` past

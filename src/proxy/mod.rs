@@ -318,7 +318,9 @@ impl EdgeProxy {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.remove_header(&http::header::ACCEPT_RANGES);
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        ctx.encoding.encoder = compression::stream::StreamEncoder::new(coding, level);
+        if session.req_header().method != http::Method::HEAD {
+            ctx.encoding.encoder = compression::stream::StreamEncoder::new(coding, level);
+        }
         Ok(())
     }
 
