@@ -16,11 +16,15 @@
 //! Stored responses are compressed once, when stored ([`cache::variants`]); the storage picks
 //! the coding each client accepts.
 
+pub mod access_log;
+pub mod admin;
 pub mod cache;
 pub mod compression;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -1,10 +1,15 @@
-//! Live reload on SIGHUP: re-read the config file, validate it, and apply what can change in
-//! place. Today that is the TLS certificates; other changes take effect with a zero-downtime
-//! upgrade (`-u`). An invalid file is rejected with its file, line and key in the log, and the
-//! running config stays.
+//! Live reload: on SIGHUP (or `POST /reload` on the admin API) the config file is re-read,
+//! validated, and applied without dropping a connection or emptying the cache.
+//!
+//! Sites, origins, health checks, cache and compression policies, TLS certificates, purge and
+//! logging settings and webhooks are swapped atomically: requests already running finish on the
+//! config they started with, new ones get the new one. An invalid file is rejected with its
+//! file, line and key in the log and a `config_rejected` event, and the running config stays.
+//! Listeners, worker threads, `max_memory`, `max_object_size` and the admin listener need an
+//! upgrade (`-u`); a reload that changes them says so in the log.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -12,47 +17,158 @@ use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cache::MokaStorage;
+use crate::compression::CompressionPolicy;
 use crate::config::{Config, ConfigError};
+use crate::events::{Endpoints, EventSink};
+use crate::proxy::runtime::{Runtime, SharedRuntime};
 use crate::tls::SniResolver;
+use crate::upstream::HealthEvents;
 
-/// Reloads the config file named at startup.
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The file is valid but could not be put in place (an origin or the access log).
+    #[error("{file}: cannot apply config: {source}")]
+    Apply {
+        /// The config file.
+        file: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The proxy runs on the built-in config, which has no file to re-read.
+    #[error("running on the built-in config: there is no file to reload")]
+    BuiltIn,
+}
+
+/// What a reload updates.
 pub struct Reloader {
     /// The file to re-read; `None` for the built-in config.
     config_file: Option<PathBuf>,
+    /// The config of the running process (for settings a reload cannot change).
+    started_with: Config,
+    runtime: SharedRuntime,
+    storage: &'static MokaStorage,
     certificates: Arc<SniResolver>,
+    health_events: HealthEvents,
+    webhooks: Endpoints,
+    events: EventSink,
+    /// One reload at a time.
+    applying: Mutex<()>,
 }
 
 impl Reloader {
-    /// A reloader for the file `config` came from, updating `certificates`.
-    pub fn new(config: &Config, certificates: Arc<SniResolver>) -> Reloader {
-        let config_file = Some(config.source.clone()).filter(|path| path.is_file());
+    /// A reloader for the file `config` came from.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &Config,
+        runtime: SharedRuntime,
+        storage: &'static MokaStorage,
+        certificates: Arc<SniResolver>,
+        health_events: HealthEvents,
+        webhooks: Endpoints,
+        events: EventSink,
+    ) -> Reloader {
         Reloader {
-            config_file,
+            config_file: Some(config.source.clone()).filter(|path| path.is_file()),
+            started_with: config.clone(),
+            runtime,
+            storage,
             certificates,
+            health_events,
+            webhooks,
+            events,
+            applying: Mutex::new(()),
         }
     }
 
-    /// Re-reads and validates the config file, then applies it. On error nothing changes.
-    pub fn reload(&self) -> Result<(), ConfigError> {
-        let Some(file) = &self.config_file else {
-            tracing::info!("running on the built-in config: nothing to reload");
-            return Ok(());
-        };
+    /// Re-reads, validates and applies the config file; returns the new config version. On
+    /// error nothing changes. Logs and emits an event either way.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        let result = self.apply();
+        match &result {
+            Ok(version) => {
+                tracing::info!(version, "config reloaded");
+                self.events
+                    .emit("config_reload", serde_json::json!({ "version": version }));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the running config stays");
+                self.events
+                    .emit("config_rejected", serde_json::json!({ "error": e.to_string() }));
+            }
+        }
+        result
+    }
+
+    fn apply(&self) -> Result<u64, ReloadError> {
+        let file = self.config_file.as_ref().ok_or(ReloadError::BuiltIn)?;
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let config = Config::load(file)?;
+        let version = self.runtime.load().version + 1;
+        let runtime =
+            Runtime::new(&config, version, &self.health_events).map_err(|source| ReloadError::Apply {
+                file: file.clone(),
+                source,
+            })?;
+        self.warn_about_fixed_settings(&config);
+        self.storage
+            .set_compression(CompressionPolicy::new(&config.compression));
         self.certificates.replace(&config);
-        Ok(())
+        self.webhooks.store(Arc::new(config.webhooks.clone()));
+        self.runtime.store(Arc::new(runtime));
+        Ok(version)
     }
 
-    fn on_hangup(&self) {
-        match self.reload() {
-            Ok(()) => tracing::info!("config reloaded: TLS certificates updated"),
-            Err(e) => tracing::error!(error = %e, "config reload rejected; the running config stays"),
+    /// Logs the settings that changed in the file but only take effect after an upgrade.
+    fn warn_about_fixed_settings(&self, config: &Config) {
+        let old = &self.started_with;
+        let changed = [
+            ("server.listen", old.server.listen != config.server.listen),
+            (
+                "server.listen_tls",
+                old.server.listen_tls != config.server.listen_tls,
+            ),
+            ("server.threads", old.server.threads != config.server.threads),
+            (
+                "cache.max_memory",
+                old.cache.max_memory != config.cache.max_memory,
+            ),
+            (
+                "cache.max_object_size",
+                old.cache.max_object_size != config.cache.max_object_size,
+            ),
+            (
+                "admin.listen",
+                old.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen),
+            ),
+        ];
+        for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+            tracing::warn!(
+                key,
+                "this setting changed but only takes effect after an upgrade (-u)"
+            );
         }
+    }
+}
+
+/// Reloads on SIGHUP.
+pub struct HangupWatcher {
+    reloader: Arc<Reloader>,
+}
+
+impl HangupWatcher {
+    /// A watcher applying `reloader` on each SIGHUP.
+    pub fn new(reloader: Arc<Reloader>) -> HangupWatcher {
+        HangupWatcher { reloader }
     }
 }
 
 #[async_trait]
-impl BackgroundService for Reloader {
+impl BackgroundService for HangupWatcher {
     async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(hangups) => hangups,
@@ -65,7 +181,9 @@ impl BackgroundService for Reloader {
         ready.notify_ready();
         loop {
             tokio::select! {
-                _ = hangups.recv() => self.on_hangup(),
+                _ = hangups.recv() => {
+                    let _ = self.reloader.reload();
+                }
                 _ = shutdown.changed() => break,
             }
         }

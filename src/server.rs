@@ -1,5 +1,6 @@
 //! Assembles the pingora server from a [`Config`]: process settings, the proxy service and its
-//! listeners, and the optional demo origin.
+//! listeners, background services (reload, health checks, webhooks), the admin API and the
+//! optional demo origin.
 
 use std::sync::Arc;
 
@@ -9,13 +10,20 @@ use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
+use arc_swap::ArcSwap;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApi;
 use crate::config::Config;
 use crate::demo;
+use crate::events::{self, Endpoints};
+use crate::metrics::Metrics;
+use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
-use crate::reload::Reloader;
+use crate::reload::{HangupWatcher, Reloader};
 use crate::tls::SniResolver;
-use crate::upstream::{health_events, HealthEvents};
-use pingora::services::background::background_service;
+use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,17 +77,25 @@ fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// Builds the server: bootstraps pingora (taking over listeners on `--upgrade`) and adds the
-/// proxy service on every listen address, plus the demo origin when configured.
+/// proxy service on every listen address, the reload, health-check and webhook services, the
+/// admin API and the demo origin when configured.
 pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config));
     server.bootstrap();
     let cache = CacheEngine::new(config);
     let storage = cache.storage;
     let health_events = health_events();
-    let (proxy, health_checks) = EdgeProxy::new(config, cache, &health_events)?;
-    for check in health_checks {
-        server.add_boxed_service(check);
-    }
+    let runtime = runtime::shared(Runtime::new(config, 1, &health_events)?);
+    let metrics = Arc::new(Metrics::new());
+    let webhooks: Endpoints = Arc::new(ArcSwap::from_pointee(config.webhooks.clone()));
+    let (events, dispatcher) = events::channel(&config.server.node_name, webhooks.clone());
+    let dispatcher = dispatcher.watching_health(&health_events).watching_cache(storage);
+    server.add_service(background_service("webhooks", dispatcher));
+    let pools = runtime.clone();
+    let checks = HealthCheckRunner::new(move || pools.load().pools());
+    server.add_service(background_service("health checks", checks));
+
+    let proxy = EdgeProxy::new(runtime.clone(), cache, metrics.clone());
     let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
     if config.server.h2c {
         let mut options = HttpServerOptions::default();
@@ -93,12 +109,27 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     }
     let certificates = Arc::new(SniResolver::new(config));
     add_tls_listeners(config, &certificates, &mut service)?;
+    let reloader = Arc::new(Reloader::new(
+        config,
+        runtime.clone(),
+        storage,
+        certificates,
+        health_events.clone(),
+        webhooks,
+        events.clone(),
+    ));
     // The reload service installs its SIGHUP handler before the listeners open, so a HUP sent
     // once the proxy accepts connections is always handled (never the default: terminate).
-    let reloader = Reloader::new(config, certificates);
-    let reload_handle = server.add_service(background_service("config reload", reloader));
+    let hangups = HangupWatcher::new(reloader.clone());
+    let reload_handle = server.add_service(background_service("config reload", hangups));
     let proxy_handle = server.add_service(service);
     proxy_handle.add_dependency(&reload_handle);
+    if let Some(admin) = &config.admin {
+        let api = AdminApi::new(admin.token.clone(), runtime, storage, metrics, reloader, events);
+        let mut admin_service = Service::new("edgecache admin".to_string(), api);
+        admin_service.add_tcp(&admin.listen.to_string());
+        server.add_service(admin_service);
+    }
     if let Some(addr) = config.demo_listen {
         server.add_service(demo::service(addr));
     }

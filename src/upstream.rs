@@ -2,8 +2,9 @@
 //!
 //! Each site has a primary pool and an optional backup pool, each a pingora `LoadBalancer`
 //! (weighted round robin, random, or Ketama consistent hashing on the URL). Active health checks
-//! run as pingora background services; a passive circuit breaker ejects an origin after
-//! consecutive connection failures or 5xx answers, until a cool-down passes and one trial
+//! are run by [`HealthCheckRunner`] for whichever pools the running config has, so a reload
+//! that changes origins also changes what is checked; a passive circuit breaker ejects an origin
+//! after consecutive connection failures or 5xx answers, until a cool-down passes and one trial
 //! request decides. Backups are used only while no primary is usable.
 
 use std::collections::{BTreeSet, HashMap};
@@ -17,8 +18,8 @@ use pingora::lb::discovery::Static;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
-use pingora::services::background::background_service;
-use pingora::services::ServiceWithDependents;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{HealthCheckKind, HealthCheckSettings, LbPolicy, OriginSettings, SiteSettings};
@@ -60,20 +61,26 @@ impl Balancer {
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
         }
     }
+
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
 }
 
-/// Builds a load balancer over `origins`, with its health check service when configured.
+/// Builds a load balancer over `origins`, with its active health check when configured.
 fn balancer(
     origins: &[&OriginSettings],
     site: &SiteSettings,
     events: &HealthEvents,
-    services: &mut Vec<Box<dyn ServiceWithDependents>>,
 ) -> std::io::Result<Balancer> {
     fn build<S>(
         backends: BTreeSet<Backend>,
         site: &SiteSettings,
         events: &HealthEvents,
-        services: &mut Vec<Box<dyn ServiceWithDependents>>,
     ) -> std::io::Result<Arc<LoadBalancer<S>>>
     where
         S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
@@ -84,16 +91,10 @@ fn balancer(
             .now_or_never()
             .ok_or_else(|| std::io::Error::other("static origin discovery blocked"))?
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let Some(check) = &site.health_check else {
-            return Ok(Arc::new(lb));
-        };
-        lb.set_health_check(health_check(check, site, events));
-        lb.health_check_frequency = Some(check.interval);
-        lb.parallel_health_check = true;
-        let service = background_service(&format!("health checks {}", site_name(site)), lb);
-        let lb = service.task();
-        services.push(Box::new(service));
-        Ok(lb)
+        if let Some(check) = &site.health_check {
+            lb.set_health_check(health_check(check, site, events));
+        }
+        Ok(Arc::new(lb))
     }
     let mut backends = BTreeSet::new();
     for origin in origins {
@@ -102,9 +103,9 @@ fn balancer(
         backends.insert(backend);
     }
     Ok(match site.lb {
-        LbPolicy::RoundRobin => Balancer::RoundRobin(build(backends, site, events, services)?),
-        LbPolicy::Random => Balancer::Random(build(backends, site, events, services)?),
-        LbPolicy::Consistent => Balancer::Consistent(build(backends, site, events, services)?),
+        LbPolicy::RoundRobin => Balancer::RoundRobin(build(backends, site, events)?),
+        LbPolicy::Random => Balancer::Random(build(backends, site, events)?),
+        LbPolicy::Consistent => Balancer::Consistent(build(backends, site, events)?),
     })
 }
 
@@ -225,6 +226,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether `origin` is ejected now.
+    fn ejected(&self, origin: &str) -> bool {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .get(origin)
+            .and_then(|s| s.ejected_until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Records an outcome; returns the new health when it changed.
     fn record(&self, origin: &str, success: bool) -> Option<bool> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,9 +254,23 @@ impl CircuitBreaker {
     }
 }
 
+/// One origin as the status page and metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginHealth {
+    /// `host:port`.
+    pub addr: String,
+    /// A backup origin.
+    pub backup: bool,
+    /// Usable: passing its active checks (if any) and not ejected by the circuit breaker.
+    pub healthy: bool,
+}
+
 /// The origins of one site with their connection settings.
 pub struct OriginPool {
     site: String,
+    /// Time between active health checks (None: no active checks).
+    check_interval: Option<Duration>,
+    next_check: Mutex<Instant>,
     primary: Balancer,
     backup: Option<Balancer>,
     breaker: CircuitBreaker,
@@ -264,22 +288,20 @@ pub struct OriginPool {
 }
 
 impl OriginPool {
-    /// The pool of a site, plus the health-check services to run for it.
-    pub fn new(
-        site: &SiteSettings,
-        events: &HealthEvents,
-    ) -> std::io::Result<(OriginPool, Vec<Box<dyn ServiceWithDependents>>)> {
-        let mut services = Vec::new();
+    /// The pool of a site; its active checks run when [`HealthCheckRunner`] sees it.
+    pub fn new(site: &SiteSettings, events: &HealthEvents) -> std::io::Result<OriginPool> {
         let primaries: Vec<_> = site.origins.iter().filter(|o| !o.backup).collect();
         let backups: Vec<_> = site.origins.iter().filter(|o| o.backup).collect();
-        let primary = balancer(&primaries, site, events, &mut services)?;
+        let primary = balancer(&primaries, site, events)?;
         let backup = if backups.is_empty() {
             None
         } else {
-            Some(balancer(&backups, site, events, &mut services)?)
+            Some(balancer(&backups, site, events)?)
         };
         let pool = OriginPool {
             site: site_name(site),
+            check_interval: site.health_check.as_ref().map(|c| c.interval),
+            next_check: Mutex::new(Instant::now()),
             primary,
             backup,
             breaker: CircuitBreaker {
@@ -298,7 +320,46 @@ impl OriginPool {
             read_timeout: site.read_timeout,
             write_timeout: site.write_timeout,
         };
-        Ok((pool, services))
+        Ok(pool)
+    }
+
+    /// Runs the active health checks of every origin if they are due.
+    pub async fn run_due_health_checks(&self) {
+        let Some(interval) = self.check_interval else {
+            return;
+        };
+        {
+            let mut next = self.next_check.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now < *next {
+                return;
+            }
+            *next = now + interval;
+        }
+        let backup = self.backup.as_ref().map(|b| b.backends().run_health_check(true));
+        self.primary.backends().run_health_check(true).await;
+        if let Some(backup) = backup {
+            backup.await;
+        }
+    }
+
+    /// Every origin with its current health.
+    pub fn health(&self) -> Vec<OriginHealth> {
+        let mut origins = Vec::new();
+        for (balancer, backup) in [(Some(&self.primary), false), (self.backup.as_ref(), true)] {
+            let Some(balancer) = balancer else { continue };
+            let backends = balancer.backends();
+            for backend in backends.get_backend().iter() {
+                let addr = backend.addr.to_string();
+                let healthy = backends.ready(backend) && !self.breaker.ejected(&addr);
+                origins.push(OriginHealth {
+                    addr,
+                    backup,
+                    healthy,
+                });
+            }
+        }
+        origins
     }
 
     /// The peer for a request: a healthy primary not yet `tried` and not ejected by the circuit
@@ -340,6 +401,39 @@ impl OriginPool {
     pub fn record(&self, origin: &str, success: bool) {
         if let Some(healthy) = self.breaker.record(origin, success) {
             HealthLogger::publish(&self.site, &self.events, origin.to_string(), healthy);
+        }
+    }
+}
+
+/// Runs the due active health checks of the pools the running config has, every tick.
+pub struct HealthCheckRunner {
+    pools: Box<dyn Fn() -> Vec<Arc<OriginPool>> + Send + Sync>,
+}
+
+/// How often the runner looks for due checks (the shortest useful check interval).
+const HEALTH_TICK: Duration = Duration::from_millis(100);
+
+impl HealthCheckRunner {
+    /// A runner over whatever `pools` returns at each tick (the current config's pools).
+    pub fn new(pools: impl Fn() -> Vec<Arc<OriginPool>> + Send + Sync + 'static) -> HealthCheckRunner {
+        HealthCheckRunner {
+            pools: Box::new(pools),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthCheckRunner {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HEALTH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let pools = (self.pools)();
+            futures_util::future::join_all(pools.iter().map(|p| p.run_due_health_checks())).await;
         }
     }
 }

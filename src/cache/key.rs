@@ -65,6 +65,18 @@ pub fn cache_key(target: &CacheTarget) -> CacheKey {
     key
 }
 
+/// The (scheme, host, path and query) a key's primary bytes were built from.
+pub fn components(primary: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let mut rest = primary;
+    let mut next = || -> Option<&[u8]> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let part = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(part)
+    };
+    Some((next()?, next()?, next()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +99,14 @@ mod tests {
         let t2 = CacheTarget::of_request(&h2, "http").unwrap();
         assert_eq!(t1, t2);
         assert_eq!(cache_key(&t1).primary_bin(), cache_key(&t2).primary_bin());
+    }
+
+    #[test]
+    fn components_are_read_back() {
+        let key = cache_key(&target("h", "/p?q"));
+        let parts = components(key.primary_key()).unwrap();
+        assert_eq!(parts, (&b"http"[..], &b"h"[..], &b"/p?q"[..]));
+        assert!(components(b"junk").is_none());
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! not used: moka already evicts (TinyLFU admission, LRU eviction).
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use moka::sync::Cache;
@@ -40,6 +41,10 @@ const ENTRY_OVERHEAD: usize = 160;
 struct Entry {
     meta: StoredMeta,
     variants: Variants,
+    /// The cache key's primary bytes (scheme, host, path), for purges by URL, prefix and host.
+    primary: Box<[u8]>,
+    /// Purge tags from the origin's `Surrogate-Key` / `Cache-Tag`.
+    tags: Box<[Box<str>]>,
     /// When the entry stops being worth keeping.
     expires_at: Instant,
     /// The brotli body was queued for background recompression.
@@ -121,12 +126,15 @@ impl StoredMeta {
 }
 
 impl Entry {
-    fn new(meta: &CacheMeta, variants: Variants, keep_stale: Duration) -> Result<Entry> {
+    /// A revalidated or soft-purged `old` entry with a new meta and codings.
+    fn replacing(old: &Entry, meta: &CacheMeta, variants: Variants, keep_stale: Duration) -> Result<Entry> {
         Ok(Entry {
             meta: StoredMeta::of(meta)?,
             variants,
+            primary: old.primary.clone(),
+            tags: old.tags.clone(),
             expires_at: Instant::now() + retention(meta, keep_stale),
-            upgrade_queued: AtomicBool::new(false),
+            upgrade_queued: AtomicBool::new(old.upgrade_queued.load(Ordering::Relaxed)),
         })
     }
 
@@ -135,6 +143,8 @@ impl Entry {
         Entry {
             meta: self.meta.clone(),
             variants,
+            primary: self.primary.clone(),
+            tags: self.tags.clone(),
             expires_at: self.expires_at,
             upgrade_queued: AtomicBool::new(true),
         }
@@ -145,7 +155,9 @@ impl Entry {
     }
 
     fn weight(&self) -> u32 {
-        let bytes = ENTRY_OVERHEAD + self.meta.len() + self.variants.weight();
+        let tag_bytes: usize = self.tags.iter().map(|t| t.len() + 16).sum();
+        let bytes =
+            ENTRY_OVERHEAD + self.meta.len() + self.variants.weight() + self.primary.len() + tag_bytes;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -215,12 +227,88 @@ impl Expiry<HashBinary, Arc<Entry>> for EntryExpiry {
 pub struct MokaStorage {
     entries: Cache<HashBinary, Arc<Entry>>,
     keep_stale: Duration,
-    compression: CompressionPolicy,
+    /// How stored responses are compressed; replaced on reload.
+    compression: ArcSwap<CompressionPolicy>,
     /// Bound on a decoded body (origin gzip or brotli decoded for identity clients).
     max_decoded: usize,
     /// Queue of entries whose brotli body the background thread recompresses.
     upgrades: Option<SyncSender<HashBinary>>,
+    /// Entries evicted to stay within the memory bound.
+    evictions: Arc<AtomicU64>,
 }
+
+/// Which stored URLs a purge applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// One URL (every variant and coding of it). No scheme: both http and https.
+    Url {
+        /// `http`, `https`, or any.
+        scheme: Option<String>,
+        /// Lower-cased host.
+        host: String,
+        /// Path and query.
+        path: String,
+    },
+    /// Every URL of a host whose path starts with a prefix.
+    Prefix {
+        /// `http`, `https`, or any.
+        scheme: Option<String>,
+        /// Lower-cased host.
+        host: String,
+        /// Path prefix.
+        path: String,
+    },
+    /// Every URL of a host.
+    Host(String),
+    /// Every response tagged so by its origin.
+    Tag(String),
+}
+
+impl PurgeScope {
+    fn matches(&self, primary: &[u8], tags: &[Box<str>]) -> bool {
+        if let PurgeScope::Tag(tag) = self {
+            return tags.iter().any(|t| **t == **tag);
+        }
+        let Some((scheme, host, path)) = super::key::components(primary) else {
+            return false;
+        };
+        let scheme_ok = |wanted: &Option<String>| wanted.as_deref().is_none_or(|w| w.as_bytes() == scheme);
+        match self {
+            PurgeScope::Url {
+                scheme: s,
+                host: h,
+                path: p,
+            } => scheme_ok(s) && h.as_bytes() == host && p.as_bytes() == path,
+            PurgeScope::Prefix {
+                scheme: s,
+                host: h,
+                path: p,
+            } => scheme_ok(s) && h.as_bytes() == host && path.starts_with(p.as_bytes()),
+            PurgeScope::Host(h) => h.as_bytes() == host,
+            PurgeScope::Tag(_) => false,
+        }
+    }
+}
+
+/// The purge tags a response carries: `Surrogate-Key` (space separated) and `Cache-Tag`
+/// (comma separated) values.
+pub fn response_tags(header: &ResponseHeader) -> Vec<Box<str>> {
+    let mut tags: Vec<Box<str>> = Vec::new();
+    for name in TAG_HEADERS {
+        for value in header.headers.get_all(name) {
+            let Ok(value) = value.to_str() else { continue };
+            for tag in value.split([' ', ',']).map(str::trim).filter(|t| !t.is_empty()) {
+                if !tags.iter().any(|t| **t == *tag) {
+                    tags.push(tag.into());
+                }
+            }
+        }
+    }
+    tags
+}
+
+/// Response headers carrying purge tags; they are stripped before responses reach clients.
+pub const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
 
 /// Entries waiting for background brotli recompression; more are skipped, not queued.
 const UPGRADE_QUEUE: usize = 256;
@@ -234,15 +322,23 @@ impl MokaStorage {
     /// their stale windows for revalidation. Compression uses the default policy until
     /// [`MokaStorage::with_compression`].
     pub fn new(max_bytes: u64, keep_stale: Duration) -> MokaStorage {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = evictions.clone();
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
             .expire_after(EntryExpiry)
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
         MokaStorage {
+            evictions,
             entries,
             keep_stale,
-            compression: CompressionPolicy::new(&CompressionSettings::default()),
+            compression: ArcSwap::from_pointee(CompressionPolicy::new(&CompressionSettings::default())),
             max_decoded: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             upgrades: None,
         }
@@ -251,16 +347,23 @@ impl MokaStorage {
     /// Sets how stored responses are compressed; decoded origin bodies are bounded by
     /// `max_decoded` bytes.
     pub fn with_compression(mut self, policy: CompressionPolicy, max_decoded: usize) -> MokaStorage {
-        self.compression = policy;
+        self.compression = ArcSwap::from_pointee(policy);
         self.max_decoded = max_decoded;
         self
+    }
+
+    /// Replaces the compression policy for responses stored from now on.
+    pub fn set_compression(&self, policy: CompressionPolicy) {
+        self.compression.store(Arc::new(policy));
     }
 
     /// Leaks the storage so it can be handed to pingora, and starts the background brotli
     /// recompression thread when the policy asks for one.
     pub fn leak(mut self) -> &'static MokaStorage {
         let (sender, receiver) = sync_channel(UPGRADE_QUEUE);
-        let upgrading = self.compression.brotli_background_level > self.compression.brotli_level;
+        let policy = self.compression.load();
+        let upgrading = policy.brotli_background_level > policy.brotli_level;
+        drop(policy);
         if upgrading {
             self.upgrades = Some(sender);
         }
@@ -304,10 +407,46 @@ impl MokaStorage {
             Some(coding) => old.variants.with_header(meta.response_header(), coding)?,
             None => old.variants.clone(),
         };
-        let mut entry = Entry::new(meta, variants, self.keep_stale)?;
-        entry.upgrade_queued = AtomicBool::new(old.upgrade_queued.load(Ordering::Relaxed));
+        let entry = Entry::replacing(&old, meta, variants, self.keep_stale)?;
         self.entries.insert(hash, Arc::new(entry));
         Ok(true)
+    }
+
+    /// Purges every entry in `scope` (all Vary variants and codings of each URL): deletes them
+    /// (`soft = false`) or marks them stale (`soft = true`), so the next request revalidates
+    /// while stale-if-error still covers an origin failure. Returns how many entries it touched.
+    pub fn purge_scope(&self, scope: &PurgeScope, soft: bool) -> usize {
+        let matching: Vec<HashBinary> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| scope.matches(&entry.primary, &entry.tags))
+            .map(|(hash, _)| *hash)
+            .collect();
+        let mut touched = 0;
+        for hash in matching {
+            let done = if soft {
+                self.expire_now(hash).unwrap_or(false)
+            } else {
+                self.entries.remove(&hash).is_some()
+            };
+            touched += usize::from(done);
+        }
+        touched
+    }
+
+    /// Marks an entry stale now, keeping it for revalidation and stale-if-error.
+    fn expire_now(&self, hash: HashBinary) -> Result<bool> {
+        let Some(entry) = self.entries.get(&hash) else {
+            return Ok(false);
+        };
+        let mut meta = entry.meta(&entry.variants.primary.header)?;
+        meta.expire_at(SystemTime::now());
+        self.replace_meta(hash, &meta, None)
+    }
+
+    /// Entries removed to stay within `max_memory`, since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// Queues an entry for background brotli recompression, once.
@@ -322,8 +461,8 @@ impl MokaStorage {
     /// The background thread: recompresses queued brotli bodies at maximum quality and swaps
     /// them in, unless the entry changed meanwhile.
     fn run_upgrades(&'static self, queue: Receiver<HashBinary>) {
-        let level = self.compression.brotli_background_level;
         while let Ok(hash) = queue.recv() {
+            let level = self.compression.load().brotli_background_level;
             let Some(entry) = self.entries.get(&hash) else {
                 continue;
             };
@@ -353,15 +492,15 @@ impl MokaStorage {
         if eligibility == Eligibility::Untouched {
             return Variants::single(header, body);
         }
+        let policy = self.compression.load_full();
         if body.len() <= INLINE_COMPRESSION_MAX {
-            return Variants::build(header, body, eligibility, &self.compression, self.max_decoded);
+            return Variants::build(header, body, eligibility, &policy, self.max_decoded);
         }
         let fallback = (header.clone(), body.clone());
-        tokio::task::spawn_blocking(move || {
-            Variants::build(header, body, eligibility, &self.compression, self.max_decoded)
-        })
-        .await
-        .unwrap_or_else(|_| Variants::single(fallback.0, fallback.1))
+        let max_decoded = self.max_decoded;
+        tokio::task::spawn_blocking(move || Variants::build(header, body, eligibility, &policy, max_decoded))
+            .await
+            .unwrap_or_else(|_| Variants::single(fallback.0, fallback.1))
     }
 }
 
@@ -399,7 +538,7 @@ impl Storage for MokaStorage {
     ) -> Result<MissHandler> {
         let (compress, _) = variants::parse_user_tag(key.user_tag());
         let eligibility = if compress {
-            self.compression.eligibility(meta.response_header())
+            self.compression.load().eligibility(meta.response_header())
         } else {
             Eligibility::Untouched
         };
@@ -410,6 +549,8 @@ impl Storage for MokaStorage {
             header: without_name_case(meta.response_header())?,
             expires_at: Instant::now() + retention(meta, self.keep_stale),
             eligibility,
+            primary: key.primary_key().into(),
+            tags: response_tags(meta.response_header()).into(),
             body: BytesMut::new(),
         }))
     }
@@ -429,14 +570,11 @@ impl Storage for MokaStorage {
     }
 
     async fn expire(&'static self, target: PurgeTarget<'_>, _: &SpanHandle) -> Result<PurgeOutcome> {
-        let hash = target.key().combined_bin();
-        let Some(entry) = self.entries.get(&hash) else {
-            return Ok(PurgeOutcome::NotFound);
-        };
-        let mut meta = entry.meta(&entry.variants.primary.header)?;
-        meta.expire_at(SystemTime::now());
-        self.replace_meta(hash, &meta, None)?;
-        Ok(PurgeOutcome::Expired)
+        if self.expire_now(target.key().combined_bin())? {
+            Ok(PurgeOutcome::Expired)
+        } else {
+            Ok(PurgeOutcome::NotFound)
+        }
     }
 
     /// After a revalidation: `meta` carries the header of the coding the request was served,
@@ -519,6 +657,8 @@ struct BodyFill {
     header: ResponseHeader,
     expires_at: Instant,
     eligibility: Eligibility,
+    primary: Box<[u8]>,
+    tags: Box<[Box<str>]>,
     body: BytesMut,
 }
 
@@ -538,6 +678,8 @@ impl HandleMiss for BodyFill {
         let entry = Entry {
             meta: self.meta,
             variants,
+            primary: self.primary,
+            tags: self.tags,
             expires_at: self.expires_at,
             upgrade_queued: AtomicBool::new(false),
         };

@@ -29,6 +29,45 @@ pub struct FileConfig {
     pub sites: Vec<SiteSection>,
     /// Starts the built-in sample origin (used by the default config and the quick start).
     pub demo: Option<DemoSection>,
+    /// The admin API (purge, status, metrics, reload); off without this section.
+    pub admin: Option<AdminSection>,
+    /// Endpoints that receive events.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookSection>,
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where the admin API listens (keep it on loopback or a private network).
+    #[serde(default = "admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry.
+    pub token: Option<String>,
+    /// Environment variable holding the token instead.
+    pub token_env: Option<String>,
+}
+
+fn admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// One `[[webhook]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// Event types sent to it (`["*"]`: all).
+    #[serde(default = "all_events")]
+    pub events: Vec<String>,
+    /// Key of the `HMAC-SHA256` signature of each body.
+    pub secret: String,
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
 }
 
 /// `[server]`
@@ -59,8 +98,27 @@ pub struct ServerSection {
     pub upgrade_sock: String,
     /// Where the pid is written when running as a daemon.
     pub pid_file: String,
-    /// Emit one access-log event per request.
+    /// Write one access-log line per request.
     pub access_log: bool,
+    /// `json` or `combined`.
+    pub access_log_format: AccessLogFormat,
+    /// `"stdout"`, `"stderr"` or a file path (relative to the config file), appended to.
+    pub access_log_path: String,
+    /// Add a `Server-Timing` header (cache outcome, origin time, total time) to responses.
+    pub server_timing: bool,
+    /// Name of this node in webhook events and the status page (default: the host name).
+    pub node_name: Option<String>,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// The Apache/nginx combined format, followed by cache and timing fields.
+    Combined,
 }
 
 impl Default for ServerSection {
@@ -79,6 +137,10 @@ impl Default for ServerSection {
             upgrade_sock: "/tmp/edgecache_upgrade.sock".into(),
             pid_file: "/tmp/edgecache.pid".into(),
             access_log: true,
+            access_log_format: AccessLogFormat::Json,
+            access_log_path: "stdout".into(),
+            server_timing: false,
+            node_name: None,
         }
     }
 }

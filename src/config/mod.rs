@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use file::{AccessLogFormat, HealthCheckKind, LbPolicy};
 use file::{FileConfig, HealthCheckSection, OriginSpec, SiteSection};
-pub use file::{HealthCheckKind, LbPolicy};
 
 /// The config used when no `--config` is given: the proxy on 127.0.0.1:8080 in front of the
 /// built-in sample origin, so caching can be tried with nothing else running.
@@ -60,7 +60,60 @@ pub struct Config {
     pub sites: Vec<SiteSettings>,
     /// Address of the built-in sample origin, when enabled.
     pub demo_listen: Option<SocketAddr>,
+    /// The admin API, when enabled.
+    pub admin: Option<AdminSettings>,
+    /// Event receivers.
+    pub webhooks: Vec<WebhookSettings>,
 }
+
+/// Validated `[admin]`.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The bearer token (never logged: `Debug` hides it).
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &"<hidden>")
+            .finish()
+    }
+}
+
+/// Validated `[[webhook]]`.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// Where events are POSTed.
+    pub url: http::Uri,
+    /// Event types sent (`*`: all).
+    pub events: Vec<String>,
+    /// HMAC key (never logged).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// Event types a webhook can subscribe to.
+pub const EVENT_TYPES: [&str; 7] = [
+    "purge",
+    "origin_health",
+    "config_reload",
+    "config_rejected",
+    "cache_eviction",
+    "node_started",
+    "node_stopping",
+];
 
 /// Validated `[server]`.
 #[derive(Debug, Clone)]
@@ -89,8 +142,16 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// Pid file when daemonized.
     pub pid_file: String,
-    /// Whether to emit access-log events.
+    /// Whether to write access-log lines.
     pub access_log: bool,
+    /// Their format.
+    pub access_log_format: AccessLogFormat,
+    /// `stdout`, `stderr` or a file.
+    pub access_log_path: PathBuf,
+    /// Add `Server-Timing` to responses.
+    pub server_timing: bool,
+    /// This node's name in events and status.
+    pub node_name: String,
 }
 
 /// Validated `[cache]`.
@@ -407,6 +468,13 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
             upgrade_sock: server.upgrade_sock.clone(),
             pid_file: server.pid_file.clone(),
             access_log: server.access_log,
+            access_log_format: server.access_log_format,
+            access_log_path: match server.access_log_path.as_str() {
+                "stdout" | "stderr" => PathBuf::from(&server.access_log_path),
+                path => at.relative(Path::new(path)),
+            },
+            server_timing: server.server_timing,
+            node_name: server.node_name.clone().unwrap_or_else(host_name),
         },
         cache: CacheSettings {
             max_memory: cache.max_memory.0,
@@ -422,7 +490,87 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         compression: freeze_compression(&file.compression, at)?,
         sites,
         demo_listen: file.demo.as_ref().map(|d| d.listen),
+        admin: freeze_admin(file.admin.as_ref(), at)?,
+        webhooks: freeze_webhooks(&file.webhooks, at)?,
     })
+}
+
+/// The machine's host name, the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "edgecache".into())
+}
+
+fn freeze_admin(
+    section: Option<&file::AdminSection>,
+    at: &Locator,
+) -> Result<Option<AdminSettings>, ConfigError> {
+    let Some(section) = section else { return Ok(None) };
+    let token = match (&section.token, &section.token_env) {
+        (Some(token), None) => token.clone(),
+        (None, Some(name)) => std::env::var(name).map_err(|_| {
+            at.error(
+                "admin.token_env",
+                format!("environment variable {name:?} is not set"),
+            )
+        })?,
+        (Some(_), Some(_)) => return Err(at.error("admin.token", "set token or token_env, not both")),
+        (None, None) => return Err(at.error("admin", "the admin API needs token or token_env")),
+    };
+    if token.len() < 8 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(at.error(
+            if section.token.is_some() {
+                "admin.token"
+            } else {
+                "admin.token_env"
+            },
+            "the token must be at least 8 visible ASCII characters",
+        ));
+    }
+    Ok(Some(AdminSettings {
+        listen: section.listen,
+        token,
+    }))
+}
+
+fn freeze_webhooks(
+    sections: &[file::WebhookSection],
+    at: &Locator,
+) -> Result<Vec<WebhookSettings>, ConfigError> {
+    let mut webhooks = Vec::with_capacity(sections.len());
+    for (index, section) in sections.iter().enumerate() {
+        let key = |field: &str| format!("webhook[{index}].{field}");
+        let url: http::Uri = section
+            .url
+            .parse()
+            .map_err(|_| at.error(&key("url"), format!("{:?} is not a URL", section.url)))?;
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(at.error(&key("url"), "expected an http:// or https:// URL"));
+        }
+        for (i, event) in section.events.iter().enumerate() {
+            if event != "*" && !EVENT_TYPES.contains(&event.as_str()) {
+                return Err(at.error(
+                    &key(&format!("events[{i}]")),
+                    format!(
+                        "unknown event {event:?}: expected \"*\" or one of {}",
+                        EVENT_TYPES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if section.secret.is_empty() {
+            return Err(at.error(&key("secret"), "must not be empty"));
+        }
+        webhooks.push(WebhookSettings {
+            url,
+            events: section.events.clone(),
+            secret: section.secret.clone(),
+        });
+    }
+    Ok(webhooks)
 }
 
 fn freeze_compression(

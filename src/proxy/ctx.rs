@@ -1,6 +1,9 @@
 //! Per-request state, grouped by concern and filled in as the request moves through the phases.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use super::runtime::Runtime;
 
 use crate::cache::CacheTarget;
 use crate::compression::stream::StreamEncoder;
@@ -9,8 +12,9 @@ use crate::compression::Accepted;
 use super::cache_status::CacheOutcome;
 
 /// Everything the proxy remembers about one request.
-#[derive(Debug)]
 pub struct RequestCtx {
+    /// The sites, origins and policies this request is served with.
+    pub runtime: Arc<Runtime>,
     /// When the request arrived.
     pub started: Instant,
     /// Routing results.
@@ -24,21 +28,16 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// Fresh state for a new request.
-    pub fn new() -> RequestCtx {
+    /// Fresh state for a new request served with `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> RequestCtx {
         RequestCtx {
+            runtime,
             started: Instant::now(),
             route: Route::default(),
             cache: CacheTrace::default(),
             upstream: UpstreamTrace::default(),
             encoding: Encoding::default(),
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        RequestCtx::new()
     }
 }
 

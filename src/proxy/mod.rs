@@ -8,7 +8,9 @@ pub mod cache_status;
 pub mod ctx;
 pub mod headers;
 pub mod routing;
+pub mod runtime;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -25,15 +27,16 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 
+use crate::access_log;
 use crate::cache::policy::{self, CDN_CACHE_CONTROL};
-use crate::cache::{cache_key, variants, vary, CachePolicy, CacheTarget, MokaStorage};
+use crate::cache::storage::TAG_HEADERS;
+use crate::cache::{cache_key, variants, vary, CacheTarget, MokaStorage};
 use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility};
-use crate::config::{Config, SiteSettings};
-use crate::upstream::{HealthEvents, OriginPool};
+use crate::config::Config;
+use crate::metrics::{Metrics, RequestSample};
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
-use pingora::services::ServiceWithDependents;
-use routing::Router;
+use runtime::{SharedRuntime, Site};
 
 /// The `Cache-Status` response header (RFC 9211).
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
@@ -41,26 +44,15 @@ const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-stat
 /// Shards of the uncacheable-key predictor.
 const PREDICTOR_SHARDS: usize = 16;
 
-/// One site at run time: its settings and its origin pool.
-pub struct Site {
-    /// Validated settings.
-    pub settings: SiteSettings,
-    /// Where its misses go.
-    pub origins: OriginPool,
-}
-
-/// The shared cache objects (pingora needs them `'static`) and the policy applied to them.
+/// The shared cache objects (pingora needs them `'static`) and their fixed settings.
 pub struct CacheEngine {
     /// Stored responses.
     pub storage: &'static MokaStorage,
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<PREDICTOR_SHARDS>,
-    policy: CachePolicy,
     max_object_size: usize,
     lock_timeout: Duration,
     status_name: String,
-    /// Also used for on-the-fly compression of responses not served from the cache.
-    compression: CompressionPolicy,
 }
 
 impl CacheEngine {
@@ -75,69 +67,37 @@ impl CacheEngine {
         )));
         CacheEngine {
             storage: MokaStorage::new(settings.max_memory, settings.keep_stale)
-                .with_compression(compression.clone(), settings.max_object_size)
+                .with_compression(compression, settings.max_object_size)
                 .leak(),
             lock,
             predictor,
-            policy: CachePolicy::new(settings),
             max_object_size: settings.max_object_size,
             lock_timeout: settings.lock_timeout,
             status_name: settings.status_name.clone(),
-            compression,
         }
     }
 }
 
 /// The caching reverse proxy.
 pub struct EdgeProxy {
-    sites: Vec<Site>,
-    router: Router,
+    /// Sites, origins and policies; replaced on reload.
+    runtime: SharedRuntime,
     cache: CacheEngine,
-    via: headers::Via,
-    access_log: bool,
-    /// Port of the first TLS listener, for HTTPS redirects (None: 443 or no TLS listener).
-    https_port: Option<u16>,
-    /// Networks whose clients may send `PURGE`.
-    purge_allow: Vec<ipnet::IpNet>,
+    metrics: Arc<Metrics>,
 }
 
 impl EdgeProxy {
-    /// A proxy for `config` over `cache`, plus the health-check services of its origin pools.
-    pub fn new(
-        config: &Config,
-        cache: CacheEngine,
-        events: &HealthEvents,
-    ) -> std::io::Result<(EdgeProxy, Vec<Box<dyn ServiceWithDependents>>)> {
-        let mut sites = Vec::with_capacity(config.sites.len());
-        let mut services = Vec::new();
-        for settings in &config.sites {
-            let (origins, checks) = OriginPool::new(settings, events)?;
-            services.extend(checks);
-            sites.push(Site {
-                settings: settings.clone(),
-                origins,
-            });
-        }
-        let router = Router::new(config.sites.iter().map(|s| (&s.hosts[..], s.default)));
-        let proxy = EdgeProxy {
-            sites,
-            router,
+    /// A proxy serving `runtime` from `cache`, counting requests in `metrics`.
+    pub fn new(runtime: SharedRuntime, cache: CacheEngine, metrics: Arc<Metrics>) -> EdgeProxy {
+        EdgeProxy {
+            runtime,
             cache,
-            via: headers::Via::new(&config.server.via),
-            https_port: config
-                .server
-                .listen_tls
-                .first()
-                .map(|a| a.port())
-                .filter(|p| *p != 443),
-            access_log: config.server.access_log,
-            purge_allow: config.server.purge_allow.clone(),
-        };
-        Ok((proxy, services))
+            metrics,
+        }
     }
 
-    fn site(&self, ctx: &RequestCtx) -> Option<&Site> {
-        ctx.route.site.and_then(|i| self.sites.get(i))
+    fn site<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a Site> {
+        ctx.route.site.and_then(|i| ctx.runtime.sites.get(i))
     }
 
     /// Decides the request's site and cache target; answers 400/404 itself when there is none.
@@ -147,7 +107,8 @@ impl EdgeProxy {
             respond_text(session, 400, "missing or invalid Host header\n").await?;
             return Ok(true);
         };
-        let Some(site) = self.router.route(&host) else {
+        let runtime = ctx.runtime.clone();
+        let Some(site) = runtime.router.route(&host) else {
             respond_text(session, 404, "no site is configured for this host\n").await?;
             return Ok(true);
         };
@@ -158,14 +119,14 @@ impl EdgeProxy {
         };
         ctx.route.site = Some(site);
         ctx.route.scheme = scheme;
-        ctx.encoding.compress = self.sites[site].settings.compress;
+        ctx.encoding.compress = runtime.sites[site].settings.compress;
         ctx.encoding.accepted = Accepted::of_request(session.req_header());
         ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
         if session.req_header().method.as_str() == "PURGE" {
             return self.authorise_purge(session, ctx).await;
         }
-        if scheme == "http" && self.sites[site].settings.redirect_https {
-            self.redirect_to_https(session, &host).await?;
+        if scheme == "http" && runtime.sites[site].settings.redirect_https {
+            self.redirect_to_https(session, &host, runtime.https_port).await?;
             return Ok(true);
         }
         Ok(false)
@@ -175,7 +136,8 @@ impl EdgeProxy {
     /// caches (else 405).
     async fn authorise_purge(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if !client.is_some_and(|ip| self.purge_allow.iter().any(|net| net.contains(&ip))) {
+        let purge_allow = &ctx.runtime.purge_allow;
+        if !client.is_some_and(|ip| purge_allow.iter().any(|net| net.contains(&ip))) {
             respond_text(session, 403, "PURGE is not allowed from this address\n").await?;
             return Ok(true);
         }
@@ -202,13 +164,18 @@ impl EdgeProxy {
     }
 
     /// Answers a plain HTTP request with a 308 to the same path and query over HTTPS.
-    async fn redirect_to_https(&self, session: &mut Session, host: &str) -> Result<()> {
+    async fn redirect_to_https(
+        &self,
+        session: &mut Session,
+        host: &str,
+        https_port: Option<u16>,
+    ) -> Result<()> {
         let path = session
             .req_header()
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        let location = match self.https_port {
+        let location = match https_port {
             Some(port) => format!("https://{host}:{port}{path}"),
             None => format!("https://{host}{path}"),
         };
@@ -297,7 +264,8 @@ impl EdgeProxy {
                 | CachePhase::Revalidated
                 | CachePhase::RevalidatedNoCache(_)
         );
-        let policy = &self.cache.compression;
+        let runtime = ctx.runtime.clone();
+        let policy = &runtime.compression;
         if !ctx.encoding.compress || from_cache || policy.eligibility(resp) != Eligibility::Compress {
             return Ok(());
         }
@@ -324,24 +292,66 @@ impl EdgeProxy {
         Ok(())
     }
 
-    fn log_access(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
+    /// Counts the request in the metrics and writes its access-log line.
+    fn record_request(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let host = ctx.route.target.as_ref().map_or("-", |t| t.host.as_str());
-        let upstream_ms = ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0);
-        tracing::info!(
-            target: "edgecache::access",
-            method = %req.method,
-            host,
-            path = req.uri.path(),
+        let outcome = ctx.cache.outcome;
+        let site = self
+            .site(ctx)
+            .and_then(|s| s.settings.hosts.first())
+            .map_or("-", String::as_str);
+        let cache = outcome.map_or("-", CacheOutcome::label);
+        let total = ctx.started.elapsed();
+        self.metrics.observe(&RequestSample {
+            site,
+            cache,
             status,
-            bytes = session.body_bytes_sent(),
-            cache = ctx.cache.outcome.map_or("-", CacheOutcome::label),
-            origin = ctx.upstream.addr.as_deref().unwrap_or("-"),
-            upstream_ms,
-            total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            error = error.map(|e| e.to_string()),
-        );
+            bytes: session.body_bytes_sent(),
+            total_seconds: total.as_secs_f64(),
+            origin_seconds: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64()),
+            hit: outcome.is_some_and(CacheOutcome::served_from_cache),
+            lookup: ctx.cache.enabled,
+            coalesced: session.cache.lock_duration().is_some(),
+        });
+        let Some(log) = &ctx.runtime.access_log else {
+            return;
+        };
+        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        log.log(&access_log::Record {
+            time: access_log::rfc3339(SystemTime::now() - total),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map_or("-".into(), |a| a.ip().to_string()),
+            method: req.method.as_str(),
+            host: ctx.route.target.as_ref().map_or("-", |t| t.host.as_str()),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            protocol: format!("{:?}", req.version),
+            status,
+            bytes: session.body_bytes_sent(),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            cache,
+            origin: ctx.upstream.addr.as_deref().unwrap_or("-"),
+            upstream_ms: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: total.as_secs_f64() * 1000.0,
+            error: error.map(|e| e.to_string()),
+        });
+    }
+
+    /// `Server-Timing`: the cache outcome, the origin's time to response header, and the
+    /// proxy's total time so far.
+    fn server_timing(ctx: &RequestCtx, outcome: CacheOutcome) -> String {
+        let mut timing = format!("cache;desc={}", outcome.label());
+        if let Some(origin) = ctx.upstream.header_elapsed {
+            timing.push_str(&format!(", origin;dur={:.1}", origin.as_secs_f64() * 1000.0));
+        }
+        timing.push_str(&format!(
+            ", edge;dur={:.1}",
+            ctx.started.elapsed().as_secs_f64() * 1000.0
+        ));
+        timing
     }
 }
 
@@ -349,8 +359,9 @@ impl EdgeProxy {
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
+    /// Each request keeps the runtime current when it arrives until it ends.
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.runtime.load_full())
     }
 
     /// No downstream modules: pingora's default adds a (disabled) compression module whose
@@ -502,7 +513,7 @@ impl ProxyHttp for EdgeProxy {
         headers::strip_request_hop_by_hop(upstream_request);
         upstream_request.append_header(
             http::header::VIA,
-            self.via.for_version(session.req_header().version),
+            ctx.runtime.via.for_version(session.req_header().version),
         )?;
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         headers::set_forwarded(upstream_request, client_ip, ctx.route.scheme);
@@ -525,8 +536,8 @@ impl ProxyHttp for EdgeProxy {
             None => resp,
         };
         let now = SystemTime::now();
-        let decision = self
-            .cache
+        let decision = ctx
+            .runtime
             .policy
             .response_cacheability(session.req_header(), resp, now);
         ctx.cache.storable = decision.is_cacheable();
@@ -577,9 +588,15 @@ impl ProxyHttp for EdgeProxy {
         let outcome = Self::cache_outcome(session, ctx);
         ctx.cache.outcome = Some(outcome);
         resp.remove_header(CDN_CACHE_CONTROL);
+        for name in TAG_HEADERS {
+            resp.remove_header(name);
+        }
+        if ctx.runtime.server_timing {
+            resp.insert_header("server-timing", Self::server_timing(ctx, outcome))?;
+        }
         resp.append_header(
             http::header::VIA,
-            self.via.for_version(session.req_header().version),
+            ctx.runtime.via.for_version(session.req_header().version),
         )?;
         resp.insert_header(CACHE_STATUS, self.cache_status_header(session, ctx, outcome))?;
         if ctx.route.scheme == "https" {
@@ -715,9 +732,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        if self.access_log {
-            self.log_access(session, error, ctx);
-        }
+        self.record_request(session, error, ctx);
     }
 }
 

@@ -283,7 +283,12 @@ impl Proxy {
         } else {
             "threads = 2\n"
         };
-        let text = format!("[server]\nlisten = [\"{addr}\"]\n{threads}{server_keys}\n{body}");
+        let log = if server_keys.contains("access_log") {
+            ""
+        } else {
+            "access_log = false\n"
+        };
+        let text = format!("[server]\nlisten = [\"{addr}\"]\n{threads}{log}{server_keys}\n{body}");
         let config = edgecache::config::Config::parse(&text, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let built = edgecache::server::build(&config, None).unwrap();

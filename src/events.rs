@@ -1,0 +1,368 @@
+//! Events and webhooks: what happened on this node, POSTed to every subscribed endpoint.
+//!
+//! Anything may [`EventSink::emit`] an event: it goes into a bounded queue with a `try_send`,
+//! so the request path never waits (a full queue drops the event and counts it). The
+//! [`WebhookDispatcher`] background service takes events off the queue and delivers each to the
+//! endpoints whose filter matches, concurrently, retrying failures with exponential backoff
+//! and jitter. Each body is signed: `X-Edgecache-Signature: sha256=<hex HMAC-SHA256 of the
+//! body keyed by the endpoint's secret>`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use sha2::Sha256;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::cache::MokaStorage;
+use crate::config::WebhookSettings;
+use crate::upstream::HealthEvents;
+
+/// Events waiting for delivery before new ones are dropped.
+pub const QUEUE_EVENTS: usize = 1024;
+
+/// Deliveries in flight at once (each with its retries).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Attempts per delivery, the first included.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// First retry delay; doubled per attempt up to [`MAX_BACKOFF`], plus up to 50 % jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Time allowed for one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the cache is checked for evictions (at most one eviction event per period).
+const EVICTION_CHECK: Duration = Duration::from_secs(10);
+
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "x-edgecache-signature";
+
+/// One event as sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Event type (see [`crate::config::EVENT_TYPES`]).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// When it happened (RFC 3339).
+    pub time: String,
+    /// The node it happened on.
+    pub node: String,
+    /// Type-specific details.
+    pub details: serde_json::Value,
+}
+
+/// Delivery counters, for metrics and status.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Deliveries acknowledged with a 2xx.
+    pub delivered: AtomicU64,
+    /// Deliveries given up after every attempt failed.
+    pub failed: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub retried: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// Where events are emitted from: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct EventSink {
+    queue: mpsc::Sender<Event>,
+    node: Arc<str>,
+    /// Delivery counters.
+    pub stats: Arc<WebhookStats>,
+}
+
+impl EventSink {
+    /// Queues an event; drops (and counts) it when the queue is full.
+    pub fn emit(&self, kind: &'static str, details: serde_json::Value) {
+        let event = Event {
+            kind,
+            time: crate::access_log::rfc3339(SystemTime::now()),
+            node: self.node.to_string(),
+            details,
+        };
+        if self.queue.try_send(event).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// The endpoints events go to; replaced on reload.
+pub type Endpoints = Arc<ArcSwap<Vec<WebhookSettings>>>;
+
+/// A sink and the dispatcher that drains it.
+pub fn channel(node: &str, endpoints: Endpoints) -> (EventSink, WebhookDispatcher) {
+    let (queue, receiver) = mpsc::channel(QUEUE_EVENTS);
+    let stats = Arc::new(WebhookStats::default());
+    let sink = EventSink {
+        queue,
+        node: node.into(),
+        stats: stats.clone(),
+    };
+    let dispatcher = WebhookDispatcher {
+        receiver: Mutex::new(Some(receiver)),
+        endpoints,
+        stats,
+        sink: sink.clone(),
+        health: None,
+        storage: None,
+    };
+    (sink, dispatcher)
+}
+
+/// The background service delivering events, and turning origin health changes and cache
+/// evictions into events.
+pub struct WebhookDispatcher {
+    receiver: Mutex<Option<mpsc::Receiver<Event>>>,
+    endpoints: Endpoints,
+    stats: Arc<WebhookStats>,
+    sink: EventSink,
+    health: Option<HealthEvents>,
+    storage: Option<&'static MokaStorage>,
+}
+
+impl WebhookDispatcher {
+    /// Also emits `origin_health` events for changes published on `health`.
+    pub fn watching_health(mut self, health: &HealthEvents) -> WebhookDispatcher {
+        self.health = Some(health.clone());
+        self
+    }
+
+    /// Also emits `cache_eviction` events when `storage` evicts under memory pressure.
+    pub fn watching_cache(mut self, storage: &'static MokaStorage) -> WebhookDispatcher {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Sends `event` to every endpoint subscribed to it, each delivery in its own task.
+    async fn dispatch(&self, client: &reqwest::Client, permits: &Arc<Semaphore>, event: &Event) {
+        let endpoints = self.endpoints.load_full();
+        let subscribed: Vec<_> = endpoints
+            .iter()
+            .filter(|e| e.events.iter().any(|k| k == "*" || k == event.kind))
+            .collect();
+        if subscribed.is_empty() {
+            return;
+        }
+        let body = Arc::new(serde_json::to_vec(event).unwrap_or_default());
+        for endpoint in subscribed {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let delivery = Delivery {
+                client: client.clone(),
+                url: endpoint.url.to_string(),
+                signature: sign(&endpoint.secret, &body),
+                kind: event.kind,
+                body: body.clone(),
+                stats: self.stats.clone(),
+            };
+            tokio::spawn(async move {
+                delivery.run(MAX_ATTEMPTS).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Delivers `node_stopping` with a single quick attempt per endpoint before shutdown.
+    async fn announce_stop(&self, client: &reqwest::Client) {
+        let stopping = Event {
+            kind: "node_stopping",
+            time: crate::access_log::rfc3339(SystemTime::now()),
+            node: self.sink.node().to_string(),
+            details: serde_json::json!({}),
+        };
+        let body = Arc::new(serde_json::to_vec(&stopping).unwrap_or_default());
+        let endpoints = self.endpoints.load_full();
+        let deliveries = endpoints
+            .iter()
+            .filter(|e| e.events.iter().any(|k| k == "*" || k == "node_stopping"))
+            .map(|endpoint| Delivery {
+                client: client.clone(),
+                url: endpoint.url.to_string(),
+                signature: sign(&endpoint.secret, &body),
+                kind: "node_stopping",
+                body: body.clone(),
+                stats: self.stats.clone(),
+            });
+        let all = futures_util::future::join_all(deliveries.map(|d| async move { d.run(1).await }));
+        let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for WebhookDispatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut receiver) = self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let client = match reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .no_proxy()
+            .build()
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "cannot create the webhook client: webhooks disabled");
+                return;
+            }
+        };
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut health = self.health.as_ref().map(|h| h.subscribe());
+        let mut eviction_check = tokio::time::interval(EVICTION_CHECK);
+        let mut evictions_seen = self.storage.map_or(0, |s| s.evictions());
+        self.sink.emit(
+            "node_started",
+            serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
+        );
+        loop {
+            tokio::select! {
+                event = receiver.recv() => match event {
+                    Some(event) => self.dispatch(&client, &permits, &event).await,
+                    None => return,
+                },
+                change = async { health.as_mut()?.recv().await.ok() }, if health.is_some() => {
+                    if let Some(change) = change {
+                        self.sink.emit("origin_health", serde_json::json!({
+                            "site": change.site, "origin": change.origin, "healthy": change.healthy,
+                        }));
+                    }
+                }
+                _ = eviction_check.tick() => {
+                    if let Some(storage) = self.storage {
+                        let evictions = storage.evictions();
+                        if evictions > evictions_seen {
+                            self.sink.emit("cache_eviction", serde_json::json!({
+                                "evicted": evictions - evictions_seen,
+                                "entries": storage.entry_count(),
+                                "bytes": storage.weighted_size(),
+                            }));
+                        }
+                        evictions_seen = evictions;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.announce_stop(&client).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One event on its way to one endpoint.
+struct Delivery {
+    client: reqwest::Client,
+    url: String,
+    signature: String,
+    kind: &'static str,
+    body: Arc<Vec<u8>>,
+    stats: Arc<WebhookStats>,
+}
+
+impl Delivery {
+    /// Tries up to `attempts` times with backoff; counts the outcome.
+    async fn run(&self, attempts: u32) {
+        for attempt in 1..=attempts {
+            match self.attempt().await {
+                Ok(()) => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) if attempt < attempts => {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(url = %self.url, attempt, %error, "webhook delivery failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(error) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(url = %self.url, event = self.kind, %error, "webhook delivery failed; giving up");
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self) -> Result<(), String> {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-edgecache-event", self.kind)
+            .header(SIGNATURE_HEADER, &self.signature)
+            .body(self.body.as_ref().clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", response.status()))
+        }
+    }
+}
+
+/// The wait after failed attempt `attempt` (1-based): exponential, capped, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = FIRST_BACKOFF
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(MAX_BACKOFF);
+    base + base.mul_f64(fastrand::f64() * 0.5)
+}
+
+/// `sha256=<hex>` HMAC-SHA256 of `body` keyed by `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..12 {
+            let wait = backoff(attempt);
+            let base = FIRST_BACKOFF.saturating_mul(1 << (attempt - 1)).min(MAX_BACKOFF);
+            assert!(wait >= base && wait <= base.mul_f64(1.5), "{attempt}: {wait:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let (sink, _dispatcher) = channel("n", Arc::new(ArcSwap::from_pointee(Vec::new())));
+        for _ in 0..QUEUE_EVENTS + 3 {
+            sink.emit("purge", serde_json::json!({}));
+        }
+        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 3);
+    }
+}

@@ -1,0 +1,271 @@
+//! Prometheus metrics, served as text by the admin API.
+//!
+//! Request counters and latency histograms are updated once per request, at logging time.
+//! Gauges that describe state (cache size, origin health, webhook counters) are read when
+//! `/metrics` is scraped, so they cost nothing on the request path. Application latency (the
+//! whole request) and origin latency (time to the origin's response header) are separate
+//! histograms, so operators see where time goes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::cache::MokaStorage;
+use crate::events::WebhookStats;
+use crate::proxy::runtime::Runtime;
+
+/// Latency buckets in seconds, from cache-hit to slow-origin territory.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// One request as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSample<'a> {
+    /// Site name (its first host, `-` when unrouted).
+    pub site: &'a str,
+    /// Cache outcome label.
+    pub cache: &'a str,
+    /// Response status (0: none sent).
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes: usize,
+    /// Whole-request time in seconds.
+    pub total_seconds: f64,
+    /// Time to the origin's response header, when the origin was asked.
+    pub origin_seconds: Option<f64>,
+    /// Served from the cache.
+    pub hit: bool,
+    /// The cache was consulted.
+    pub lookup: bool,
+    /// Waited on another request fetching the same URL.
+    pub coalesced: bool,
+}
+
+/// All metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    bytes: IntCounterVec,
+    request_seconds: HistogramVec,
+    origin_seconds: HistogramVec,
+    coalesced: IntCounter,
+    purges: IntCounterVec,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    cache_evictions: IntGauge,
+    hit_ratio: Gauge,
+    origin_up: GaugeVec,
+    webhooks: GaugeVec,
+    config_version: IntGauge,
+    access_log_dropped: IntGauge,
+    hits: AtomicU64,
+    lookups: AtomicU64,
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let histogram_vec = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let metric = HistogramVec::new(opts, &["site"]).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let coalesced = IntCounter::new(
+            "edgecache_coalesced_requests_total",
+            "Requests that waited for another request fetching the same URL",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(coalesced.clone()))
+            .expect("unique metric");
+        let hit_ratio = Gauge::new(
+            "edgecache_cache_hit_ratio",
+            "Share of cache lookups served from the cache",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hit_ratio.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter_vec(
+                "edgecache_requests_total",
+                "Requests by site, cache outcome and status class",
+                &["site", "cache", "status"],
+            ),
+            bytes: counter_vec(
+                "edgecache_response_bytes_total",
+                "Response body bytes sent",
+                &["site"],
+            ),
+            request_seconds: histogram_vec(
+                "edgecache_request_duration_seconds",
+                "Time from request to the end of the response",
+            ),
+            origin_seconds: histogram_vec(
+                "edgecache_origin_duration_seconds",
+                "Time from choosing an origin to its response header",
+            ),
+            purges: counter_vec(
+                "edgecache_purged_entries_total",
+                "Entries purged",
+                &["kind", "mode"],
+            ),
+            cache_entries: int_gauge("edgecache_cache_entries", "Stored entries"),
+            cache_bytes: int_gauge("edgecache_cache_bytes", "Bytes charged against max_memory"),
+            cache_evictions: int_gauge(
+                "edgecache_cache_evictions_total",
+                "Entries evicted to stay within max_memory",
+            ),
+            origin_up: gauge_vec(
+                "edgecache_origin_up",
+                "1 when the origin is usable (health checks, circuit breaker)",
+                &["site", "origin"],
+            ),
+            webhooks: gauge_vec(
+                "edgecache_webhook_deliveries_total",
+                "Webhook deliveries by result",
+                &["result"],
+            ),
+            config_version: int_gauge(
+                "edgecache_config_version",
+                "Version of the running config (1 at start)",
+            ),
+            access_log_dropped: int_gauge(
+                "edgecache_access_log_dropped_total",
+                "Access-log lines dropped because the writer fell behind",
+            ),
+            coalesced,
+            hit_ratio,
+            registry,
+            hits: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, sample: &RequestSample) {
+        let class = status_class(sample.status);
+        self.requests
+            .with_label_values(&[sample.site, sample.cache, class])
+            .inc();
+        self.bytes
+            .with_label_values(&[sample.site])
+            .inc_by(sample.bytes as u64);
+        self.request_seconds
+            .with_label_values(&[sample.site])
+            .observe(sample.total_seconds);
+        if let Some(origin) = sample.origin_seconds {
+            self.origin_seconds
+                .with_label_values(&[sample.site])
+                .observe(origin);
+        }
+        if sample.coalesced {
+            self.coalesced.inc();
+        }
+        if sample.lookup {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            if sample.hit {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts entries touched by a purge (`kind`: url, prefix, host, tag; `soft` or hard).
+    pub fn purged(&self, kind: &str, soft: bool, entries: usize) {
+        let mode = if soft { "soft" } else { "hard" };
+        self.purges
+            .with_label_values(&[kind, mode])
+            .inc_by(entries as u64);
+    }
+
+    /// Cache hits and lookups since start.
+    pub fn hits_and_lookups(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.lookups.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The Prometheus text exposition of every metric, state gauges read now.
+    pub fn render(&self, runtime: &Runtime, storage: &MokaStorage, webhooks: &WebhookStats) -> String {
+        self.cache_entries.set(storage.entry_count() as i64);
+        self.cache_bytes.set(storage.weighted_size() as i64);
+        self.cache_evictions.set(storage.evictions() as i64);
+        let (hits, lookups) = self.hits_and_lookups();
+        self.hit_ratio.set(if lookups == 0 {
+            0.0
+        } else {
+            hits as f64 / lookups as f64
+        });
+        self.origin_up.reset();
+        for site in &runtime.sites {
+            let name = site.settings.hosts.first().map_or("default", String::as_str);
+            for origin in site.origins.health() {
+                let up = if origin.healthy { 1.0 } else { 0.0 };
+                self.origin_up.with_label_values(&[name, &origin.addr]).set(up);
+            }
+        }
+        for (result, counter) in [
+            ("delivered", &webhooks.delivered),
+            ("failed", &webhooks.failed),
+            ("retried", &webhooks.retried),
+            ("dropped", &webhooks.dropped),
+        ] {
+            self.webhooks
+                .with_label_values(&[result])
+                .set(counter.load(Ordering::Relaxed) as f64);
+        }
+        self.config_version.set(runtime.version as i64);
+        self.access_log_dropped
+            .set(crate::access_log::DROPPED_LINES.load(Ordering::Relaxed) as i64);
+        let mut text = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}

@@ -1,0 +1,103 @@
+//! The reloadable part of the proxy: sites, origins and policies, replaced as one on reload.
+//!
+//! Each request takes the current [`Runtime`] when it starts and keeps it to the end, so a
+//! reload never mixes two configs within one request, and in-flight requests finish on the
+//! config they started with. Listeners, worker threads, the cache's memory bound and the admin
+//! listener are fixed for the life of the process.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use super::headers::Via;
+use super::routing::Router;
+use crate::access_log::AccessLog;
+use crate::cache::CachePolicy;
+use crate::compression::CompressionPolicy;
+use crate::config::{Config, SiteSettings};
+use crate::upstream::{HealthEvents, OriginPool};
+
+/// One site at run time: its settings and its origin pool.
+pub struct Site {
+    /// Validated settings.
+    pub settings: SiteSettings,
+    /// Where its misses go.
+    pub origins: Arc<OriginPool>,
+}
+
+/// Everything a reload replaces.
+pub struct Runtime {
+    /// 1 for the config loaded at startup, +1 per applied reload.
+    pub version: u64,
+    /// When this version was applied.
+    pub loaded_at: SystemTime,
+    /// The sites, in config order.
+    pub sites: Vec<Site>,
+    /// Host → site.
+    pub router: Router,
+    /// Cacheability defaults.
+    pub policy: CachePolicy,
+    /// What is compressed and how.
+    pub compression: CompressionPolicy,
+    /// `Via` values.
+    pub via: Via,
+    /// Port of the first TLS listener, for HTTPS redirects (None: 443 or no TLS listener).
+    pub https_port: Option<u16>,
+    /// Networks whose clients may send `PURGE`.
+    pub purge_allow: Vec<ipnet::IpNet>,
+    /// Add `Server-Timing` to responses.
+    pub server_timing: bool,
+    /// Where access-log lines go (None: off).
+    pub access_log: Option<AccessLog>,
+}
+
+/// The current runtime, shared by the proxy, the reloader, the admin API and health checks.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+impl Runtime {
+    /// The runtime for `config`, numbered `version`.
+    pub fn new(config: &Config, version: u64, events: &HealthEvents) -> std::io::Result<Runtime> {
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for settings in &config.sites {
+            sites.push(Site {
+                settings: settings.clone(),
+                origins: Arc::new(OriginPool::new(settings, events)?),
+            });
+        }
+        Ok(Runtime {
+            version,
+            loaded_at: SystemTime::now(),
+            sites,
+            router: Router::new(config.sites.iter().map(|s| (&s.hosts[..], s.default))),
+            policy: CachePolicy::new(&config.cache),
+            compression: CompressionPolicy::new(&config.compression),
+            via: Via::new(&config.server.via),
+            https_port: config
+                .server
+                .listen_tls
+                .first()
+                .map(|a| a.port())
+                .filter(|p| *p != 443),
+            purge_allow: config.server.purge_allow.clone(),
+            server_timing: config.server.server_timing,
+            access_log: match config.server.access_log {
+                true => Some(AccessLog::open(
+                    &config.server.access_log_path,
+                    config.server.access_log_format,
+                )?),
+                false => None,
+            },
+        })
+    }
+
+    /// The origin pools of every site (what the health checker checks).
+    pub fn pools(&self) -> Vec<Arc<OriginPool>> {
+        self.sites.iter().map(|s| s.origins.clone()).collect()
+    }
+}
+
+/// A shared handle on `runtime`.
+pub fn shared(runtime: Runtime) -> SharedRuntime {
+    Arc::new(ArcSwap::from_pointee(runtime))
+}
