@@ -90,9 +90,11 @@ pub struct ServerSection {
     pub h2c: bool,
     /// Pseudonym of this proxy in `Via` headers (the machine name is never used).
     pub via: String,
-    /// How long a graceful shutdown waits before it stops accepting connections.
+    /// On SIGTERM (or SIGQUIT during an upgrade) the listeners close at once; in-flight requests
+    /// then get this long to finish before the process exits (the wait is not cut short).
     pub grace_period: HumanDuration,
-    /// How long a graceful shutdown waits for in-flight requests.
+    /// After the grace period, how long background work (compression on blocking threads) may
+    /// take to stop.
     pub graceful_shutdown_timeout: HumanDuration,
     /// Unix socket used to hand listeners to a new process during an upgrade.
     pub upgrade_sock: String,
@@ -132,8 +134,8 @@ impl Default for ServerSection {
             threads: 2,
             h2c: false,
             via: "edgecache".into(),
-            grace_period: HumanDuration(Duration::from_secs(0)),
-            graceful_shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            grace_period: HumanDuration(Duration::from_secs(5)),
+            graceful_shutdown_timeout: HumanDuration(Duration::from_secs(5)),
             upgrade_sock: "/tmp/edgecache_upgrade.sock".into(),
             pid_file: "/tmp/edgecache.pid".into(),
             access_log: true,

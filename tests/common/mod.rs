@@ -291,6 +291,16 @@ impl Proxy {
         let text = format!("[server]\nlisten = [\"{addr}\"]\n{threads}{log}{server_keys}\n{body}");
         let config = edgecache::config::Config::parse(&text, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        Proxy::run(config, addr)
+    }
+
+    /// Starts the proxy from a config file (which `POST /reload` re-reads), listening on `addr`.
+    pub fn start_file(path: &std::path::Path, addr: SocketAddr) -> Proxy {
+        let config = edgecache::config::Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        Proxy::run(config, addr)
+    }
+
+    fn run(config: edgecache::config::Config, addr: SocketAddr) -> Proxy {
         let built = edgecache::server::build(&config, None).unwrap();
         let storage = built.storage;
         let health_events = built.health_events.clone();
@@ -303,6 +313,9 @@ impl Proxy {
             });
         });
         wait_until_listening(addr);
+        if let Some(admin) = &config.admin {
+            wait_until_listening(admin.listen);
+        }
         Proxy {
             addr,
             storage,

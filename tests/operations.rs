@@ -1,0 +1,463 @@
+//! Operations end to end: the admin API (token, status, metrics, purge, reload), webhooks,
+//! access logs and `Server-Timing`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{cache_status, client, eventually, free_port, Origin, Proxy, Reply};
+use hmac::Mac;
+
+const TOKEN: &str = "test-admin-token";
+
+/// A config file in a fresh directory, a proxy started from it, and its admin address.
+struct Node {
+    proxy: Proxy,
+    admin: SocketAddr,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Node {
+    /// Starts a node whose config is `[server]` keys, `[admin]`, then `body`.
+    fn start(name: &str, server_keys: &str, body: &str) -> Node {
+        let dir = std::env::temp_dir().join(format!("edgecache-ops-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (addr, admin) = (free_port(), free_port());
+        let file = dir.join("edgecache.toml");
+        std::fs::write(&file, Node::config(addr, admin, server_keys, body)).unwrap();
+        let proxy = Proxy::start_file(&file, addr);
+        Node {
+            proxy,
+            admin,
+            dir,
+            file,
+        }
+    }
+
+    fn config(addr: SocketAddr, admin: SocketAddr, server_keys: &str, body: &str) -> String {
+        format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\naccess_log = false\n{server_keys}\n\
+             [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n{body}"
+        )
+    }
+
+    /// Rewrites the config file with a new body (same listeners).
+    fn rewrite(&self, server_keys: &str, body: &str) {
+        let text = Node::config(self.proxy.addr, self.admin, server_keys, body);
+        std::fs::write(&self.file, text).unwrap();
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = client()
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = request.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn purge(&self, body: serde_json::Value) -> u64 {
+        let (status, text) = self.admin("POST", "/purge", Some(body)).await;
+        assert_eq!(status, 200, "{text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        answer["purged"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn site(origin: &Origin) -> String {
+    format!(
+        "[[site]]\nhosts = [\"127.0.0.1\", \"localhost\"]\norigins = [\"{}\"]\n",
+        origin.addr
+    )
+}
+
+/// Tagged, validated, cacheable pages: the origin answers 304 to a matching `If-None-Match`.
+fn tagged_pages(origin: &Origin, paths: &[(&'static str, &'static str)]) {
+    for (path, tags) in paths {
+        let tags = *tags;
+        origin.route(path, move |seen, _| {
+            if seen.headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                return Reply::new(304, "").header("etag", "\"v1\"");
+            }
+            Reply::ok(format!("page {tags}"))
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"v1\"")
+                .header("surrogate-key", tags)
+                .header("cache-tag", "all")
+        });
+    }
+}
+
+async fn get(proxy: &Proxy, host: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(proxy.url(path))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_need_the_token() {
+    let origin = Origin::start().await;
+    let node = Node::start("token", "", &site(&origin));
+    for auth in [None, Some("Bearer wrong-token-x"), Some(TOKEN)] {
+        let mut request = client().get(format!("http://{}/status", node.admin));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    let purge = client()
+        .post(format!("http://{}/purge", node.admin))
+        .body(serde_json::json!({ "host": "127.0.0.1" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 401);
+    let (status, text) = node.admin("GET", "/status", None).await;
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["config"]["version"], 1);
+    assert_eq!(status["sites"][0]["origins"][0]["addr"], origin.addr.to_string());
+    assert_eq!(status["sites"][0]["origins"][0]["healthy"], true);
+    assert!(status["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(node.admin("GET", "/nothing", None).await.0, 404);
+    assert_eq!(node.admin("GET", "/purge", None).await.0, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_and_soft_purges_by_url_prefix_host_and_tag() {
+    let origin = Origin::start().await;
+    let paths = [
+        ("/a/1", "product-1 shelf"),
+        ("/a/2", "product-2 shelf"),
+        ("/b/1", "product-3"),
+    ];
+    tagged_pages(&origin, &paths);
+    let node = Node::start("purge", "", &site(&origin));
+    for host in ["127.0.0.1", "localhost"] {
+        for (path, _) in paths {
+            let resp = get(&node.proxy, host, path).await;
+            assert_eq!(resp.status(), 200);
+            assert!(
+                resp.headers().get("surrogate-key").is_none(),
+                "tags are not sent to clients"
+            );
+            assert!(resp.headers().get("cache-tag").is_none());
+        }
+    }
+    let hits = |path| origin.hits(path);
+    assert_eq!((hits("/a/1"), hits("/a/2"), hits("/b/1")), (2, 2, 2));
+
+    // Hard purge of one URL: the next request is a miss that refetches.
+    let url = format!("http://127.0.0.1:{}/a/1", node.proxy.addr.port());
+    assert_eq!(node.purge(serde_json::json!({ "url": url })).await, 1);
+    let refetched = get(&node.proxy, "127.0.0.1", "/a/1").await;
+    assert!(
+        cache_status(&refetched).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&refetched)
+    );
+    assert_eq!(hits("/a/1"), 3);
+    assert!(origin.seen("/a/1")[2].headers.get("if-none-match").is_none());
+
+    // Soft purge by tag: entries stay, and the next request revalidates (304 from the origin).
+    assert_eq!(
+        node.purge(serde_json::json!({ "tag": "shelf", "soft": true }))
+            .await,
+        4
+    );
+    let revalidated = get(&node.proxy, "localhost", "/a/2").await;
+    let status = cache_status(&revalidated);
+    assert!(
+        status.contains("fwd=stale") && status.contains("fwd-status=304"),
+        "{status}"
+    );
+    assert_eq!(revalidated.text().await.unwrap(), "page product-2 shelf");
+    assert_eq!(
+        origin.seen("/a/2").last().unwrap().headers["if-none-match"],
+        "\"v1\""
+    );
+
+    // Prefix (hard) on one host only.
+    let prefix = format!("http://localhost:{}/a/", node.proxy.addr.port());
+    assert_eq!(node.purge(serde_json::json!({ "prefix": prefix })).await, 2);
+    assert!(cache_status(&get(&node.proxy, "localhost", "/a/2").await).contains("uri-miss"));
+    assert!(cache_status(&get(&node.proxy, "127.0.0.1", "/b/1").await).contains("hit"));
+
+    // A whole host, softly; then a tag shared by everything, hard.
+    assert_eq!(
+        node.purge(serde_json::json!({ "host": "127.0.0.1", "soft": true }))
+            .await,
+        3
+    );
+    assert_eq!(node.purge(serde_json::json!({ "tag": "all" })).await, 5);
+    assert_eq!(node.proxy.storage.entry_count(), 0);
+    let (status, text) = node
+        .admin(
+            "POST",
+            "/purge",
+            Some(serde_json::json!({ "url": "x", "tag": "y" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_retried_until_the_receiver_comes_back() {
+    let origin = Origin::start().await;
+    origin.fixed("/page", "max-age=600", "page");
+    let receiver_addr = free_port();
+    let webhook = format!(
+        "[[webhook]]\nurl = \"http://{receiver_addr}/hook\"\nevents = [\"purge\"]\nsecret = \"s3cret\"\n"
+    );
+    let node = Node::start("webhook", "", &format!("{}{webhook}", site(&origin)));
+    get(&node.proxy, "127.0.0.1", "/page").await;
+
+    // The receiver is down: purges and requests are not slowed down by deliveries.
+    assert_eq!(node.purge(serde_json::json!({ "host": "127.0.0.1" })).await, 1);
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&node.proxy, "127.0.0.1", "/page").await.status(), 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let retried = eventually(Duration::from_secs(5), || {
+        let text = futures_block(node.admin("GET", "/status", None)).1;
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        status["webhooks"]["retried"].as_u64().unwrap() >= 1
+    })
+    .await;
+    assert!(retried, "a failed delivery is retried");
+
+    // The receiver comes back: the retried delivery arrives, signed.
+    let receiver = Origin::start_on(receiver_addr).await;
+    receiver.route("/hook", |_, _| Reply::new(204, ""));
+    assert!(
+        eventually(Duration::from_secs(15), || receiver.hits("/hook") >= 1).await,
+        "the delivery was not retried"
+    );
+    let delivery = &receiver.seen("/hook")[0];
+    let event: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(event["type"], "purge");
+    assert_eq!(event["details"]["kind"], "host");
+    assert_eq!(event["details"]["entries"], 1);
+    assert!(event["time"].as_str().unwrap().ends_with('Z'));
+    assert!(event["node"].as_str().is_some_and(|n| !n.is_empty()));
+    let signature = delivery.headers["x-edgecache-signature"].to_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(&delivery.body);
+    let hex = signature.strip_prefix("sha256=").unwrap();
+    let expected: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    mac.verify_slice(&expected).expect("signature verifies");
+}
+
+/// Runs a future to completion from a synchronous `eventually` check.
+fn futures_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+/// `name{labels}` → value, from Prometheus text; panics on a malformed line.
+fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut values = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        values.insert(series.to_string(), value);
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move() {
+    let origin = Origin::start().await;
+    origin.fixed("/m", "max-age=600", "metric me");
+    let node = Node::start("metrics", "", &site(&origin));
+    let scrape = || async {
+        let (status, text) = node.admin("GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        parse_metrics(&text)
+    };
+    let before = scrape().await;
+    for _ in 0..3 {
+        get(&node.proxy, "127.0.0.1", "/m").await;
+    }
+    let after = scrape().await;
+    let hit = r#"edgecache_requests_total{cache="hit",site="127.0.0.1",status="2xx"}"#;
+    let miss = r#"edgecache_requests_total{cache="miss",site="127.0.0.1",status="2xx"}"#;
+    assert_eq!(after.get(hit), Some(&2.0), "{after:#?}");
+    assert_eq!(after.get(miss), Some(&1.0));
+    assert_eq!(before.get(hit), None);
+    assert_eq!(after["edgecache_cache_entries"], 1.0);
+    assert!(after["edgecache_cache_bytes"] > 0.0);
+    assert!((after["edgecache_cache_hit_ratio"] - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(
+        after[r#"edgecache_request_duration_seconds_count{site="127.0.0.1"}"#],
+        3.0
+    );
+    assert_eq!(
+        after[r#"edgecache_origin_duration_seconds_count{site="127.0.0.1"}"#],
+        1.0
+    );
+    let up = format!(
+        r#"edgecache_origin_up{{origin="{}",site="127.0.0.1"}}"#,
+        origin.addr
+    );
+    assert_eq!(after[&up], 1.0);
+    assert_eq!(after[r#"edgecache_response_bytes_total{site="127.0.0.1"}"#], 27.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_origins_and_a_broken_file_keeps_the_running_config() {
+    let first = Origin::start().await;
+    let second = Origin::start().await;
+    for (origin, name) in [(&first, "first"), (&second, "second")] {
+        origin.route("/who", move |_, _| {
+            Reply::ok(name).header("cache-control", "no-store")
+        });
+    }
+    let receiver = Origin::start().await;
+    receiver.route("/hook", |_, _| Reply::new(200, ""));
+    let webhook = format!(
+        "[[webhook]]\nurl = \"http://{}/hook\"\nevents = [\"config_reload\", \"config_rejected\"]\nsecret = \"k\"\n",
+        receiver.addr
+    );
+    let node = Node::start("reload", "", &format!("{}{webhook}", site(&first)));
+    assert_eq!(
+        get(&node.proxy, "127.0.0.1", "/who").await.text().await.unwrap(),
+        "first"
+    );
+    get(&node.proxy, "127.0.0.1", "/who").await;
+
+    // A concurrent loop of requests sees no failure while the origin changes.
+    let url = node.proxy.url("/who");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let traffic = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        while !*stopped.borrow() {
+            let resp = client().get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            answers.push(resp.text().await.unwrap());
+        }
+        answers
+    });
+    node.rewrite("", &format!("{}{webhook}", site(&second)));
+    let (status, text) = node.admin("POST", "/reload", None).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"version\": 2"), "{text}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send_replace(true);
+    let answers = traffic.await.unwrap();
+    assert_eq!(answers.last().map(String::as_str), Some("second"), "{answers:?}");
+    assert!(answers.iter().all(|a| a == "first" || a == "second"));
+
+    // A broken file is rejected with file, line and key, and the running config stays.
+    std::fs::write(
+        &node.file,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nthreads = \"two\"\n",
+    )
+    .unwrap();
+    let (status, text) = node.admin("POST", "/reload", None).await;
+    assert_eq!(status, 422);
+    assert!(text.contains("edgecache.toml:3: server.threads"), "{text}");
+    assert_eq!(
+        get(&node.proxy, "127.0.0.1", "/who").await.text().await.unwrap(),
+        "second"
+    );
+    let (_, status) = node.admin("GET", "/status", None).await;
+    assert!(status.contains("\"version\": 2"), "{status}");
+    assert!(eventually(Duration::from_secs(5), || receiver.hits("/hook") >= 2).await);
+    let kinds: Vec<String> = receiver
+        .seen("/hook")
+        .iter()
+        .map(|d| serde_json::from_slice::<serde_json::Value>(&d.body).unwrap()["type"].to_string())
+        .collect();
+    assert!(kinds.contains(&"\"config_reload\"".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"\"config_rejected\"".to_string()), "{kinds:?}");
+    assert_eq!(first.hits("/who") + second.hits("/who"), 2 + answers.len() + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_and_server_timing() {
+    let origin = Origin::start().await;
+    origin.fixed("/logged", "max-age=600", "logged");
+    let dir = std::env::temp_dir().join(format!("edgecache-ops-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (format, check) in [("json", 0), ("combined", 1)] {
+        let log = dir.join(format!("access-{format}.log"));
+        let keys = format!(
+            "access_log = true\naccess_log_format = \"{format}\"\naccess_log_path = {:?}\nserver_timing = true",
+            log.to_str().unwrap()
+        );
+        let proxy = Proxy::start_with_server(&site(&origin), &keys);
+        for _ in 0..2 {
+            let resp = client()
+                .get(proxy.url("/logged?x=1"))
+                .header("user-agent", "ops-test")
+                .send()
+                .await
+                .unwrap();
+            let timing = resp.headers()["server-timing"].to_str().unwrap().to_string();
+            assert!(timing.starts_with("cache;desc="), "{timing}");
+            assert!(timing.contains("edge;dur="), "{timing}");
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+            })
+            .await
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        if check == 0 {
+            let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(first["path"], "/logged?x=1");
+            assert_eq!(first["status"], 200);
+            assert_eq!(first["cache"], "miss");
+            assert_eq!(first["origin"], origin.addr.to_string());
+            assert!(first["upstream_ms"].as_f64().is_some());
+            assert!(first["total_ms"].as_f64().is_some());
+            let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+            assert_eq!(second["cache"], "hit");
+            assert_eq!(second["user_agent"], "ops-test");
+        } else {
+            assert!(lines[1].starts_with("127.0.0.1 - - ["), "{}", lines[1]);
+            assert!(
+                lines[1].contains("\"GET /logged?x=1 HTTP/1.1\" 200 6 \"-\" \"ops-test\""),
+                "{}",
+                lines[1]
+            );
+            assert!(
+                lines[1].contains("cache=hit origin=- upstream_ms=- total_ms="),
+                "{}",
+                lines[1]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

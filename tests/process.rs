@@ -1,0 +1,236 @@
+//! The real binary under signals: SIGHUP reloads (good and broken files), a zero-downtime
+//! upgrade (`-u`, then SIGQUIT to the old process) and a graceful SIGTERM, each while requests
+//! keep coming.
+
+mod common;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_until_listening, Origin, Reply};
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Running {
+    child: Child,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &Path, extra: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgecache"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines, logs) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        Running { child, logs }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for a log line containing `text`.
+    fn log_line(&self, text: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the process to exit.
+    fn exited(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh directory for one test's config, pid file and upgrade socket.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edgecache-proc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_config(dir: &Path, listen: SocketAddr, origin: SocketAddr) -> PathBuf {
+    let file = dir.join("edgecache.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{listen}\"]\nthreads = 1\naccess_log = false\n\
+         grace_period = \"2s\"\ngraceful_shutdown_timeout = \"1s\"\nupgrade_sock = {:?}\npid_file = {:?}\n\
+         [[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{origin}\"]\n",
+        dir.join("upgrade.sock"),
+        dir.join("edgecache.pid"),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Requests `url` on a new connection each time until `stop` is set; returns every status
+/// (or error) and body.
+fn request_loop(
+    url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut outcomes = Vec::new();
+        while !*stop.borrow() {
+            let outcome = match client.get(&url).send().await {
+                Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
+                Ok(resp) => Err(format!("status {}", resp.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    })
+}
+
+fn failures(outcomes: &[Result<String, String>]) -> Vec<&String> {
+    outcomes.iter().filter_map(|o| o.as_ref().err()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_switches_origins_without_a_failed_request_and_rejects_a_broken_file() {
+    let first = Origin::start().await;
+    let second = Origin::start().await;
+    for (origin, name) in [(&first, "first"), (&second, "second")] {
+        origin.route("/who", move |_, _| {
+            Reply::ok(name).header("cache-control", "no-store")
+        });
+    }
+    let dir = temp_dir("hup");
+    let listen = free_port();
+    let config = write_config(&dir, listen, first.addr);
+    let proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let traffic = request_loop(format!("http://{listen}/who"), stopped);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write_config(&dir, listen, second.addr);
+    proxy.signal("HUP");
+    assert!(proxy
+        .log_line("config reloaded", Duration::from_secs(10))
+        .is_some());
+    let switched = common::eventually(Duration::from_secs(5), || second.hits("/who") >= 20).await;
+    stop.send_replace(true);
+    let outcomes = traffic.await.unwrap();
+    assert!(switched, "the new origin gets the traffic");
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    assert_eq!(outcomes.last().unwrap().as_deref(), Ok("second"));
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[site]]\nhosts = 7\n",
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let rejected = proxy
+        .log_line("config reload rejected", Duration::from_secs(10))
+        .unwrap();
+    assert!(rejected.contains("edgecache.toml:4: site[0].hosts"), "{rejected}");
+    let resp = reqwest::get(format!("http://{listen}/who")).await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "second");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_loses_no_request() {
+    let origin = Origin::start().await;
+    origin.route("/page", |_, _| {
+        Reply::ok("page").header("cache-control", "max-age=600")
+    });
+    let dir = temp_dir("upgrade");
+    let listen = free_port();
+    let config = write_config(&dir, listen, origin.addr);
+    let mut old = Running::start(&config, &[]);
+    wait_until_listening(listen);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let traffic = request_loop(format!("http://{listen}/page"), stopped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new process waits for the listening sockets, which the old one hands over on SIGQUIT.
+    let new = Running::start(&config, &["-u"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("QUIT");
+    assert!(
+        old.exited(Duration::from_secs(15)),
+        "the old process finishes and exits"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    let outcomes = traffic.await.unwrap();
+    assert!(outcomes.len() > 50, "only {} requests", outcomes.len());
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    let resp = reqwest::get(format!("http://{listen}/page")).await.unwrap();
+    assert_eq!(resp.status(), 200, "the new process serves");
+    drop(new);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let origin = Origin::start().await;
+    origin.route("/slow", |_, _| {
+        Reply::ok("done")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_millis(800))
+    });
+    let dir = temp_dir("term");
+    let listen = free_port();
+    let config = write_config(&dir, listen, origin.addr);
+    let mut proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+
+    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
+    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    proxy.signal("TERM");
+    let resp = in_flight.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "done");
+    assert!(
+        proxy.exited(Duration::from_secs(10)),
+        "the process exits after its requests"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
