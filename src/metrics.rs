@@ -7,10 +7,11 @@
 //! histograms, so operators see where time goes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::cache::MokaStorage;
@@ -22,11 +23,50 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Cache outcome labels, in the order [`SiteMetrics`] keeps their counters.
+const CACHE_LABELS: [&str; 9] = [
+    "hit",
+    "miss",
+    "revalidate",
+    "stale-while-revalidate",
+    "stale-if-error",
+    "vary-miss",
+    "request",
+    "bypass",
+    "-",
+];
+
+/// Status classes, in counter order.
+const STATUS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The metric handles of one site, resolved once so a request does no label lookups.
+pub struct SiteMetrics {
+    name: String,
+    bytes: IntCounter,
+    request_seconds: Histogram,
+    origin_seconds: Histogram,
+    requests: IntCounterVec,
+    /// `requests` by cache label and status class, created on first use.
+    by_outcome: [[OnceLock<IntCounter>; STATUS_LABELS.len()]; CACHE_LABELS.len()],
+}
+
+impl SiteMetrics {
+    fn requests(&self, cache: &str, status: u16) -> &IntCounter {
+        let outcome = CACHE_LABELS
+            .iter()
+            .position(|l| *l == cache)
+            .unwrap_or(CACHE_LABELS.len() - 1);
+        let class = status_class(status);
+        self.by_outcome[outcome][class].get_or_init(|| {
+            self.requests
+                .with_label_values(&[&self.name, CACHE_LABELS[outcome], STATUS_LABELS[class]])
+        })
+    }
+}
+
 /// One request as the metrics see it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSample<'a> {
-    /// Site name (its first host, `-` when unrouted).
-    pub site: &'a str,
     /// Cache outcome label.
     pub cache: &'a str,
     /// Response status (0: none sent).
@@ -64,6 +104,8 @@ pub struct Metrics {
     access_log_dropped: IntGauge,
     hits: AtomicU64,
     lookups: AtomicU64,
+    /// Requests that matched no site.
+    unrouted: SiteMetrics,
 }
 
 impl Metrics {
@@ -168,25 +210,36 @@ impl Metrics {
             registry,
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            unrouted: SiteMetrics::placeholder(),
+        }
+        .with_unrouted()
+    }
+
+    fn with_unrouted(mut self) -> Metrics {
+        self.unrouted = self.site("-");
+        self
+    }
+
+    /// The handles of site `name` (its first host).
+    pub fn site(&self, name: &str) -> SiteMetrics {
+        SiteMetrics {
+            name: name.to_string(),
+            bytes: self.bytes.with_label_values(&[name]),
+            request_seconds: self.request_seconds.with_label_values(&[name]),
+            origin_seconds: self.origin_seconds.with_label_values(&[name]),
+            requests: self.requests.clone(),
+            by_outcome: Default::default(),
         }
     }
 
-    /// Counts one finished request.
-    pub fn observe(&self, sample: &RequestSample) {
-        let class = status_class(sample.status);
-        self.requests
-            .with_label_values(&[sample.site, sample.cache, class])
-            .inc();
-        self.bytes
-            .with_label_values(&[sample.site])
-            .inc_by(sample.bytes as u64);
-        self.request_seconds
-            .with_label_values(&[sample.site])
-            .observe(sample.total_seconds);
+    /// Counts one finished request of `site` (`None`: it matched no site).
+    pub fn observe(&self, site: Option<&SiteMetrics>, sample: &RequestSample) {
+        let site = site.unwrap_or(&self.unrouted);
+        site.requests(sample.cache, sample.status).inc();
+        site.bytes.inc_by(sample.bytes as u64);
+        site.request_seconds.observe(sample.total_seconds);
         if let Some(origin) = sample.origin_seconds {
-            self.origin_seconds
-                .with_label_values(&[sample.site])
-                .observe(origin);
+            site.origin_seconds.observe(origin);
         }
         if sample.coalesced {
             self.coalesced.inc();
@@ -259,13 +312,29 @@ impl Default for Metrics {
     }
 }
 
-fn status_class(status: u16) -> &'static str {
+/// Index of the status class in [`STATUS_LABELS`].
+fn status_class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => STATUS_LABELS.len() - 1,
+    }
+}
+
+impl SiteMetrics {
+    /// Handles registered nowhere, replaced before use.
+    fn placeholder() -> SiteMetrics {
+        let opts = || HistogramOpts::new("placeholder", "placeholder");
+        SiteMetrics {
+            name: String::new(),
+            bytes: IntCounter::new("placeholder", "placeholder").expect("valid metric"),
+            request_seconds: Histogram::with_opts(opts()).expect("valid metric"),
+            origin_seconds: Histogram::with_opts(opts()).expect("valid metric"),
+            requests: IntCounterVec::new(
+                Opts::new("placeholder", "placeholder"),
+                &["site", "cache", "status"],
+            )
+            .expect("valid metric"),
+            by_outcome: Default::default(),
+        }
     }
 }

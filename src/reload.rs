@@ -21,6 +21,7 @@ use crate::cache::MokaStorage;
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, ConfigError};
 use crate::events::{Endpoints, EventSink};
+use crate::metrics::Metrics;
 use crate::proxy::runtime::{Runtime, SharedRuntime};
 use crate::tls::SniResolver;
 use crate::upstream::HealthEvents;
@@ -56,6 +57,7 @@ pub struct Reloader {
     health_events: HealthEvents,
     webhooks: Endpoints,
     events: EventSink,
+    metrics: Arc<Metrics>,
     /// One reload at a time.
     applying: Mutex<()>,
 }
@@ -71,6 +73,7 @@ impl Reloader {
         health_events: HealthEvents,
         webhooks: Endpoints,
         events: EventSink,
+        metrics: Arc<Metrics>,
     ) -> Reloader {
         Reloader {
             config_file: Some(config.source.clone()).filter(|path| path.is_file()),
@@ -81,6 +84,7 @@ impl Reloader {
             health_events,
             webhooks,
             events,
+            metrics,
             applying: Mutex::new(()),
         }
     }
@@ -110,9 +114,11 @@ impl Reloader {
         let config = Config::load(file)?;
         let version = self.runtime.load().version + 1;
         let runtime =
-            Runtime::new(&config, version, &self.health_events).map_err(|source| ReloadError::Apply {
-                file: file.clone(),
-                source,
+            Runtime::new(&config, version, &self.health_events, &self.metrics).map_err(|source| {
+                ReloadError::Apply {
+                    file: file.clone(),
+                    source,
+                }
             })?;
         self.warn_about_fixed_settings(&config);
         self.storage

@@ -85,8 +85,8 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let cache = CacheEngine::new(config);
     let storage = cache.storage;
     let health_events = health_events();
-    let runtime = runtime::shared(Runtime::new(config, 1, &health_events)?);
     let metrics = Arc::new(Metrics::new());
+    let runtime = runtime::shared(Runtime::new(config, 1, &health_events, &metrics)?);
     let webhooks: Endpoints = Arc::new(ArcSwap::from_pointee(config.webhooks.clone()));
     let (events, dispatcher) = events::channel(&config.server.node_name, webhooks.clone());
     let dispatcher = dispatcher.watching_health(&health_events).watching_cache(storage);
@@ -117,6 +117,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
         health_events.clone(),
         webhooks,
         events.clone(),
+        metrics.clone(),
     ));
     // The reload service installs its SIGHUP handler before the listeners open, so a HUP sent
     // once the proxy accepts connections is always handled (never the default: terminate).

@@ -297,14 +297,10 @@ impl EdgeProxy {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let outcome = ctx.cache.outcome;
-        let site = self
-            .site(ctx)
-            .and_then(|s| s.settings.hosts.first())
-            .map_or("-", String::as_str);
         let cache = outcome.map_or("-", CacheOutcome::label);
         let total = ctx.started.elapsed();
-        self.metrics.observe(&RequestSample {
-            site,
+        let site_metrics = self.site(ctx).map(|s| &s.metrics);
+        let sample = RequestSample {
             cache,
             status,
             bytes: session.body_bytes_sent(),
@@ -313,7 +309,8 @@ impl EdgeProxy {
             hit: outcome.is_some_and(CacheOutcome::served_from_cache),
             lookup: ctx.cache.enabled,
             coalesced: session.cache.lock_duration().is_some(),
-        });
+        };
+        self.metrics.observe(site_metrics, &sample);
         let Some(log) = &ctx.runtime.access_log else {
             return;
         };

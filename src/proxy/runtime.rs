@@ -16,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::cache::CachePolicy;
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, SiteSettings};
+use crate::metrics::{Metrics, SiteMetrics};
 use crate::upstream::{HealthEvents, OriginPool};
 
 /// One site at run time: its settings and its origin pool.
@@ -24,6 +25,8 @@ pub struct Site {
     pub settings: SiteSettings,
     /// Where its misses go.
     pub origins: Arc<OriginPool>,
+    /// Its request metrics.
+    pub metrics: SiteMetrics,
 }
 
 /// Everything a reload replaces.
@@ -56,13 +59,20 @@ pub struct Runtime {
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
 impl Runtime {
-    /// The runtime for `config`, numbered `version`.
-    pub fn new(config: &Config, version: u64, events: &HealthEvents) -> std::io::Result<Runtime> {
+    /// The runtime for `config`, numbered `version`, counting requests in `metrics`.
+    pub fn new(
+        config: &Config,
+        version: u64,
+        events: &HealthEvents,
+        metrics: &Metrics,
+    ) -> std::io::Result<Runtime> {
         let mut sites = Vec::with_capacity(config.sites.len());
         for settings in &config.sites {
+            let name = settings.hosts.first().map_or("default", String::as_str);
             sites.push(Site {
                 settings: settings.clone(),
                 origins: Arc::new(OriginPool::new(settings, events)?),
+                metrics: metrics.site(name),
             });
         }
         Ok(Runtime {
