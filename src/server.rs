@@ -95,7 +95,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let checks = HealthCheckRunner::new(move || pools.load().pools());
     server.add_service(background_service("health checks", checks));
 
-    let proxy = EdgeProxy::new(runtime.clone(), cache, metrics.clone());
+    let proxy = EdgeProxy::new(runtime.clone(), cache, metrics.clone(), events.clone());
     let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
     if config.server.h2c {
         let mut options = HttpServerOptions::default();

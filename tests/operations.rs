@@ -461,3 +461,70 @@ async fn access_log_lines_and_server_timing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_purged_entry_still_covers_an_origin_failure() {
+    let origin = Origin::start().await;
+    origin.route("/sie", |_, _| {
+        Reply::ok("kept")
+            .header("cache-control", "max-age=600, stale-if-error=600")
+            .header("etag", "\"k\"")
+    });
+    let node = Node::start("soft-sie", "", &site(&origin));
+    get(&node.proxy, "127.0.0.1", "/sie").await;
+    assert_eq!(
+        node.purge(serde_json::json!({ "url": "127.0.0.1/sie", "soft": true }))
+            .await,
+        1
+    );
+    origin.stop();
+    let resp = get(&node.proxy, "127.0.0.1", "/sie").await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        cache_status(&resp).contains("stale-if-error"),
+        "{}",
+        cache_status(&resp)
+    );
+    assert_eq!(resp.text().await.unwrap(), "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_purge_is_announced_and_counted() {
+    let origin = Origin::start().await;
+    origin.fixed("/p", "max-age=600", "p");
+    let receiver = Origin::start().await;
+    receiver.route("/hook", |_, _| Reply::new(200, ""));
+    let node = Node::start(
+        "traffic-purge",
+        "purge_allow = [\"127.0.0.1\"]",
+        &format!(
+            "{}[[webhook]]\nurl = \"http://{}/hook\"\nsecret = \"k\"\n",
+            site(&origin),
+            receiver.addr
+        ),
+    );
+    get(&node.proxy, "127.0.0.1", "/p").await;
+    let purge = client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            node.proxy.url("/p"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let announced = eventually(Duration::from_secs(5), || {
+        receiver.seen("/hook").iter().any(|d| {
+            let event: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+            event["type"] == "purge" && event["details"]["via"] == "PURGE" && event["details"]["entries"] == 1
+        })
+    })
+    .await;
+    assert!(announced);
+    let (_, text) = node.admin("GET", "/metrics", None).await;
+    let metrics = parse_metrics(&text);
+    assert_eq!(
+        metrics[r#"edgecache_purged_entries_total{kind="url",mode="hard"}"#],
+        1.0
+    );
+}

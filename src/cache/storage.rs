@@ -295,7 +295,7 @@ impl PurgeScope {
 pub fn response_tags(header: &ResponseHeader) -> Vec<Box<str>> {
     let mut tags: Vec<Box<str>> = Vec::new();
     for name in TAG_HEADERS {
-        for value in header.headers.get_all(name) {
+        for value in header.headers.get_all(&name) {
             let Ok(value) = value.to_str() else { continue };
             for tag in value.split([' ', ',']).map(str::trim).filter(|t| !t.is_empty()) {
                 if !tags.iter().any(|t| **t == *tag) {
@@ -308,7 +308,10 @@ pub fn response_tags(header: &ResponseHeader) -> Vec<Box<str>> {
 }
 
 /// Response headers carrying purge tags; they are stripped before responses reach clients.
-pub const TAG_HEADERS: [&str; 2] = ["surrogate-key", "cache-tag"];
+pub const TAG_HEADERS: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("surrogate-key"),
+    http::HeaderName::from_static("cache-tag"),
+];
 
 /// Entries waiting for background brotli recompression; more are skipped, not queued.
 const UPGRADE_QUEUE: usize = 256;

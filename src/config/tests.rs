@@ -55,3 +55,18 @@ fn hosts_are_normalized() {
     let config = Config::parse(text, Path::new("t.toml")).unwrap();
     assert_eq!(config.sites[0].hosts, vec!["example.com"]);
 }
+
+#[test]
+fn the_admin_token_can_come_from_the_environment() {
+    let text = "[admin]\ntoken_env = \"EDGECACHE_TEST_ADMIN_TOKEN\"\n[[site]]\nhosts = [\"a\"]\norigins = [\"127.0.0.1:1\"]\n";
+    let missing = Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(missing.contains("admin.token_env"), "{missing}");
+    std::env::set_var("EDGECACHE_TEST_ADMIN_TOKEN", "from-the-environment");
+    let config = Config::parse(text, Path::new("t.toml")).unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.token, "from-the-environment");
+    assert!(
+        !format!("{admin:?}").contains("from-the-environment"),
+        "the token is never printed"
+    );
+}

@@ -23,7 +23,7 @@ use pingora::cache::{
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, PurgeStatus, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 
@@ -33,10 +33,14 @@ use crate::cache::storage::TAG_HEADERS;
 use crate::cache::{cache_key, variants, vary, CacheTarget, MokaStorage};
 use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility};
 use crate::config::Config;
+use crate::events::EventSink;
 use crate::metrics::{Metrics, RequestSample};
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
 use runtime::{SharedRuntime, Site};
+
+/// `CDN-Cache-Control`, parsed once (it is removed from every response).
+const CDN_CACHE_CONTROL_NAME: http::HeaderName = http::HeaderName::from_static(CDN_CACHE_CONTROL);
 
 /// The `Cache-Status` response header (RFC 9211).
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
@@ -84,15 +88,24 @@ pub struct EdgeProxy {
     runtime: SharedRuntime,
     cache: CacheEngine,
     metrics: Arc<Metrics>,
+    /// Where `PURGE` requests are announced.
+    events: EventSink,
 }
 
 impl EdgeProxy {
-    /// A proxy serving `runtime` from `cache`, counting requests in `metrics`.
-    pub fn new(runtime: SharedRuntime, cache: CacheEngine, metrics: Arc<Metrics>) -> EdgeProxy {
+    /// A proxy serving `runtime` from `cache`, counting requests in `metrics` and announcing
+    /// purges on `events`.
+    pub fn new(
+        runtime: SharedRuntime,
+        cache: CacheEngine,
+        metrics: Arc<Metrics>,
+        events: EventSink,
+    ) -> EdgeProxy {
         EdgeProxy {
             runtime,
             cache,
             metrics,
+            events,
         }
     }
 
@@ -400,6 +413,26 @@ impl ProxyHttp for EdgeProxy {
         ctx.route.purge
     }
 
+    /// Counts and announces a `PURGE` done on the traffic listener.
+    fn purge_response_filter(
+        &self,
+        _session: &Session,
+        ctx: &mut RequestCtx,
+        purge_status: PurgeStatus,
+        _purge_response: &mut std::borrow::Cow<'static, ResponseHeader>,
+    ) -> Result<()> {
+        let entries = usize::from(matches!(purge_status, PurgeStatus::Found));
+        let target = ctx.route.target.as_ref().map_or(String::new(), |t| {
+            format!("{}://{}{}", t.scheme, t.host, t.path_and_query)
+        });
+        self.metrics.purged("url", false, entries);
+        self.events.emit(
+            "purge",
+            serde_json::json!({ "kind": "url", "target": target, "soft": false, "entries": entries, "via": "PURGE" }),
+        );
+        Ok(())
+    }
+
     /// Scheme + host + path + query, identical for HTTP/1.1 and HTTP/2. The key's tag tells the
     /// storage which stored coding this client gets.
     fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
@@ -584,8 +617,8 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let outcome = Self::cache_outcome(session, ctx);
         ctx.cache.outcome = Some(outcome);
-        resp.remove_header(CDN_CACHE_CONTROL);
-        for name in TAG_HEADERS {
+        resp.remove_header(&CDN_CACHE_CONTROL_NAME);
+        for name in &TAG_HEADERS {
             resp.remove_header(name);
         }
         if ctx.runtime.server_timing {
