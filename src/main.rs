@@ -39,7 +39,8 @@ fn load(cli: &Cli) -> Result<Config, edgecache::config::ConfigError> {
 /// old process during an upgrade); outside an upgrade a taken port is a mistake to report now.
 fn check_listen_addresses_free(config: &Config) -> Result<(), String> {
     let addresses = config.server.listen.iter().chain(&config.server.listen_tls);
-    for addr in addresses.chain(config.demo_listen.iter()) {
+    let admin = config.admin.as_ref().map(|a| a.listen);
+    for addr in addresses.chain(config.demo_listen.iter()).chain(admin.iter()) {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(format!("cannot listen on {addr}: {e}"));
         }
