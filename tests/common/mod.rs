@@ -86,6 +86,24 @@ struct OriginState {
     hits: Mutex<HashMap<String, Vec<Seen>>>,
     /// Set to true to drop every open connection.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Connections being served.
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a connection as open while it lives.
+struct OpenConnection(Arc<OriginState>);
+
+impl OpenConnection {
+    fn new(state: Arc<OriginState>) -> OpenConnection {
+        state.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenConnection(state)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Default for OriginState {
@@ -94,6 +112,7 @@ impl Default for OriginState {
             scripts: Mutex::default(),
             hits: Mutex::default(),
             stopped: tokio::sync::watch::channel(false).0,
+            open: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -134,7 +153,9 @@ impl Origin {
                 };
                 let state = shared.clone();
                 let mut stopped = state.stopped.subscribe();
+                let open = OpenConnection::new(shared.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     let service = service_fn(move |req| handle(state.clone(), req));
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -180,10 +201,22 @@ impl Origin {
             .unwrap_or_default()
     }
 
-    /// Stops accepting connections and drops the open ones: the port then refuses connections.
+    /// Stops accepting connections and drops the open ones: the port then refuses connections,
+    /// and no request is answered any more once this returns.
     pub fn stop(&self) {
         self.task.abort();
         self.state.stopped.send_replace(true);
+        let wait = || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.state.open.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // Waiting blocks this thread: let the runtime move its tasks (the connections) elsewhere.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
     }
 }
 
