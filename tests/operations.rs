@@ -528,3 +528,46 @@ async fn traffic_purge_is_announced_and_counted() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_health_changes_and_start_are_sent_as_events() {
+    let origin = Origin::start().await;
+    origin.fixed("/health", "no-store", "ok");
+    let receiver = Origin::start().await;
+    receiver.route("/hook", |_, _| Reply::new(200, ""));
+    let body = format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\n\
+         [site.health_check]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+         [[webhook]]\nurl = \"http://{}/hook\"\nevents = [\"origin_health\", \"node_started\"]\nsecret = \"k\"\n",
+        origin.addr, receiver.addr
+    );
+    let node = Node::start("health-events", "node_name = \"edge-test\"", &body);
+    let events = || -> Vec<serde_json::Value> {
+        receiver
+            .seen("/hook")
+            .iter()
+            .map(|d| serde_json::from_slice(&d.body).unwrap())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || events()
+            .iter()
+            .any(|e| e["type"] == "node_started"))
+        .await
+    );
+    assert_eq!(events()[0]["node"], "edge-test");
+    origin.stop();
+    let down = eventually(Duration::from_secs(5), || {
+        events().iter().any(|e| {
+            e["type"] == "origin_health"
+                && e["details"]["origin"] == origin.addr.to_string()
+                && e["details"]["healthy"] == false
+        })
+    })
+    .await;
+    assert!(down, "{:#?}", events());
+    let (_, text) = node.admin("GET", "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["sites"][0]["origins"][0]["healthy"], false);
+    assert_eq!(status["node"], "edge-test");
+}

@@ -31,8 +31,9 @@ use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
 
-/// Bookkeeping bytes charged per entry on top of its body and headers (key, Arc, moka node).
-const ENTRY_OVERHEAD: usize = 160;
+/// Bookkeeping bytes charged per entry on top of its bodies, headers and key: the entry itself,
+/// its `Arc`, the moka node and hash-table slot.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 144;
 
 /// One stored response.
 ///
@@ -117,9 +118,10 @@ impl StoredMeta {
         }
     }
 
+    /// Heap bytes held beyond the entry itself.
     fn len(&self) -> usize {
         match self {
-            StoredMeta::Fields { .. } => std::mem::size_of::<StoredMeta>(),
+            StoredMeta::Fields { .. } => 0,
             StoredMeta::Serialized(internal) => internal.len(),
         }
     }

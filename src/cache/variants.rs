@@ -19,7 +19,8 @@ use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility}
 /// (brotli 11 runs at roughly 1 MB/s per core).
 pub const BACKGROUND_MAX_BYTES: usize = 4 << 20;
 
-/// One stored coding of a response: the header it is served with and its bytes.
+/// One stored coding of a response: the header it is served with and its bytes. The compressed
+/// codings are boxed, so a response stored once (most non-text objects) pays one pointer each.
 #[derive(Debug, Clone)]
 pub struct Representation {
     /// Its content coding.
@@ -37,9 +38,9 @@ pub struct Variants {
     /// codings exist, else the response exactly as the origin sent it.
     pub primary: Representation,
     /// The gzip coding, when stored.
-    pub gzip: Option<Representation>,
+    pub gzip: Option<Box<Representation>>,
     /// The brotli coding, when stored.
-    pub brotli: Option<Representation>,
+    pub brotli: Option<Box<Representation>>,
     /// Coding of the origin's own bytes (its ETag belongs to that representation).
     origin_coding: Coding,
     /// The brotli body is a fast first pass worth recompressing at maximum quality.
@@ -109,14 +110,14 @@ impl Variants {
 
     /// The representation for a client accepting `accepted`: br, then gzip, then identity.
     pub fn select(&self, accepted: Accepted) -> &Representation {
-        let brotli = self.brotli.as_ref().filter(|_| accepted.brotli);
-        let gzip = self.gzip.as_ref().filter(|_| accepted.gzip);
+        let brotli = self.brotli.as_deref().filter(|_| accepted.brotli);
+        let gzip = self.gzip.as_deref().filter(|_| accepted.gzip);
         brotli.or(gzip).unwrap_or(&self.primary)
     }
 
     /// Bytes of bodies and headers.
     pub fn weight(&self) -> usize {
-        [Some(&self.primary), self.gzip.as_ref(), self.brotli.as_ref()]
+        [Some(&self.primary), self.gzip.as_deref(), self.brotli.as_deref()]
             .into_iter()
             .flatten()
             .map(|r| r.body.len() + header_weight(&r.header))
@@ -194,13 +195,13 @@ impl Variants {
             primary: represent(Coding::Identity, bodies.identity, false)?,
             gzip: bodies
                 .gzip
-                .map(|b| represent(Coding::Gzip, b, false))
+                .map(|b| represent(Coding::Gzip, b, false).map(Box::new))
                 .transpose()?,
             // A first-pass brotli body is replaced later, so its ETag must not claim byte
             // equality with the final one.
             brotli: bodies
                 .brotli
-                .map(|b| represent(Coding::Brotli, b, brotli_upgradable))
+                .map(|b| represent(Coding::Brotli, b, brotli_upgradable).map(Box::new))
                 .transpose()?,
             origin_coding,
             brotli_upgradable,
