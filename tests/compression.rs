@@ -497,3 +497,24 @@ async fn compressing_a_large_body_does_not_stall_other_requests() {
     assert_eq!(stored.decoded(), big);
     assert_eq!(origin.hits("/big"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_clients_get_identity_for_uncacheable_responses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let body = page(20_000);
+    serve_page(&origin, "/old", body.clone(), "no-store");
+    let proxy = Proxy::for_origin(&origin, "");
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /old HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(!head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(response.ends_with(&body[body.len() - 100..]));
+}

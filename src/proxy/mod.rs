@@ -291,8 +291,10 @@ impl EdgeProxy {
         } else {
             return Ok(());
         };
-        // A range of the identity body cannot be re-encoded; the client gets identity.
-        if session.req_header().headers.contains_key(http::header::RANGE) {
+        // A range of the identity body cannot be re-encoded, and an HTTP/1.0 client cannot
+        // receive a chunked stream: both get identity.
+        let req = session.req_header();
+        if req.headers.contains_key(http::header::RANGE) || req.version < http::Version::HTTP_11 {
             return Ok(());
         }
         compression::recode_header(resp, Coding::Identity, coding, true)?;
