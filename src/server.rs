@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::demo;
 use crate::events::{self, Endpoints};
 use crate::metrics::Metrics;
+use crate::proxy::draining::Draining;
 use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
 use crate::reload::{HangupWatcher, Reloader};
@@ -96,14 +97,14 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     server.add_service(background_service("health checks", checks));
 
     let proxy = EdgeProxy::new(runtime.clone(), cache, metrics.clone(), events.clone());
-    let mut service = http_proxy_service_with_name(&server.configuration, proxy, "edgecache proxy");
+    let mut app = HttpProxy::new(proxy, server.configuration.clone());
+    app.handle_init_modules();
     if config.server.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        if let Some(app) = service.app_logic_mut() {
-            app.server_options = Some(options);
-        }
+        app.server_options = Some(options);
     }
+    let mut service = Service::new("edgecache proxy".to_string(), Draining::new(app));
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }

@@ -117,7 +117,7 @@ fn request_loop(
             let outcome = match client.get(&url).send().await {
                 Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
                 Ok(resp) => Err(format!("status {}", resp.status())),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(format!("{e:?}")),
             };
             outcomes.push(outcome);
         }

@@ -6,6 +6,7 @@
 
 pub mod cache_status;
 pub mod ctx;
+pub mod draining;
 pub mod headers;
 pub mod routing;
 pub mod runtime;
