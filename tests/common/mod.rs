@@ -271,10 +271,25 @@ async fn handle(
     Ok(response.body(body).unwrap())
 }
 
-/// A free loopback port: bound once by the kernel's ephemeral allocator, then released for
-/// the proxy to bind.
+/// A free loopback port for the proxy (or a process) to bind. pingora cannot report the port
+/// of a `:0` listener, so the port is chosen here: below the kernel's ephemeral range, where no
+/// `:0` bind (test origins, client sockets) can take it between this check and the proxy's
+/// bind, and never the same twice in one test process.
 pub fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 10_000;
+    const SPAN: u16 = 20_000; // 10000..30000, below Linux's default 32768..60999
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "ran out of test ports");
+        let port = FIRST + (offset + n) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if StdListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// A loopback address where nothing listens (connections are refused).
