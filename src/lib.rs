@@ -11,10 +11,14 @@
 //!    request per key goes to an origin ([`upstream`]) while others wait on the cache lock.
 //! 5. `response_cache_filter`: store or not, and for how long ([`cache::policy`]).
 //! 6. `response_filter`: `Cache-Status`, `Via`; on-the-fly compression of responses not served
-//!    from the cache ([`compression`]); `logging`: one access-log event.
+//!    from the cache ([`compression`]); `logging`: metrics ([`metrics`]) and one access-log line
+//!    ([`access_log`]).
 //!
 //! Stored responses are compressed once, when stored ([`cache::variants`]); the storage picks
-//! the coding each client accepts.
+//! the coding each client accepts. Sites, origins and policies live in a
+//! [`proxy::runtime::Runtime`] that [`reload`] replaces as a whole; the [`admin`] API, webhooks
+//! ([`events`]) and health checks ([`upstream::HealthCheckRunner`]) run as background services
+//! next to the proxy ([`server`]).
 
 pub mod access_log;
 pub mod admin;
