@@ -84,7 +84,17 @@ impl AdminApi {
                     .into_iter()
                     .map(|o| json!({ "addr": o.addr, "backup": o.backup, "healthy": o.healthy }))
                     .collect();
-                json!({ "hosts": site.settings.hosts, "default": site.settings.default, "origins": origins })
+                let certificate_expires = site
+                    .settings
+                    .tls
+                    .as_ref()
+                    .map(|c| crate::access_log::rfc3339(c.not_after));
+                json!({
+                    "hosts": site.settings.hosts,
+                    "default": site.settings.default,
+                    "origins": origins,
+                    "certificate_expires": certificate_expires,
+                })
             })
             .collect();
         let stats = &self.events.stats;

@@ -101,6 +101,7 @@ pub struct Metrics {
     origin_up: GaugeVec,
     webhooks: GaugeVec,
     config_version: IntGauge,
+    certificate_expiry: GaugeVec,
     access_log_dropped: IntGauge,
     hits: AtomicU64,
     lookups: AtomicU64,
@@ -201,6 +202,11 @@ impl Metrics {
                 "edgecache_config_version",
                 "Version of the running config (1 at start)",
             ),
+            certificate_expiry: gauge_vec(
+                "edgecache_certificate_expiry_seconds",
+                "Seconds until the site's TLS certificate expires (negative once expired)",
+                &["site"],
+            ),
             access_log_dropped: int_gauge(
                 "edgecache_access_log_dropped_total",
                 "Access-log lines dropped because the writer fell behind",
@@ -280,8 +286,17 @@ impl Metrics {
             hits as f64 / lookups as f64
         });
         self.origin_up.reset();
+        self.certificate_expiry.reset();
+        let now = std::time::SystemTime::now();
         for site in &runtime.sites {
             let name = site.settings.hosts.first().map_or("default", String::as_str);
+            if let Some(certificate) = &site.settings.tls {
+                let left = match certificate.not_after.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                self.certificate_expiry.with_label_values(&[name]).set(left);
+            }
             for origin in site.origins.health() {
                 let up = if origin.healthy { 1.0 } else { 0.0 };
                 self.origin_up.with_label_values(&[name, &origin.addr]).set(up);

@@ -412,3 +412,35 @@ fn check_rejects_a_broken_certificate_file() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_reported_in_status_and_metrics() {
+    let pki = TestPki::new("expiry", &["a.test"]);
+    let origin = Origin::start().await;
+    let admin = free_port();
+    let body = format!("[admin]\nlisten = \"{admin}\"\ntoken = \"expiry-token\"\n")
+        + &site("\"a.test\"", &origin, &pki, "a.test", "");
+    let (_proxy, _) = start(&body);
+    let fetch = |path: &'static str| async move {
+        common::client()
+            .get(format!("http://{admin}{path}"))
+            .bearer_auth("expiry-token")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let status: serde_json::Value = serde_json::from_str(&fetch("/status").await).unwrap();
+    let expires = status["sites"][0]["certificate_expires"].as_str().unwrap();
+    let expires = humantime::parse_rfc3339(expires).unwrap();
+    assert!(expires > std::time::SystemTime::now() + std::time::Duration::from_secs(86_400));
+    let metrics = fetch("/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("edgecache_certificate_expiry_seconds{site=\"a.test\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let seconds: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+    assert!(seconds > 86_400.0, "{line}");
+}
