@@ -1,7 +1,7 @@
 //! The admin API: a separate listener (loopback by default) for operators and scripts.
 //!
 //! Every request needs `Authorization: Bearer <token>`; without it the answer is 401 and
-//! nothing else happens. Endpoints:
+//! nothing else happens. The token is the running config's, so a reload rotates it. Endpoints:
 //! - `GET /status`: JSON with cache size, hit ratio, per-site origin health, config version,
 //!   uptime and webhook counters;
 //! - `GET /metrics`: Prometheus text;
@@ -31,7 +31,6 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// The admin application.
 pub struct AdminApi {
-    token: String,
     runtime: SharedRuntime,
     storage: &'static MokaStorage,
     metrics: Arc<Metrics>,
@@ -41,9 +40,8 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    /// The API answering to `token`.
+    /// The API answering to the token of the running config (`runtime`).
     pub fn new(
-        token: String,
         runtime: SharedRuntime,
         storage: &'static MokaStorage,
         metrics: Arc<Metrics>,
@@ -51,7 +49,6 @@ impl AdminApi {
         events: EventSink,
     ) -> AdminApi {
         AdminApi {
-            token,
             runtime,
             storage,
             metrics,
@@ -68,7 +65,11 @@ impl AdminApi {
         let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
             return false;
         };
-        constant_time_eq(presented, self.token.as_bytes())
+        let runtime = self.runtime.load();
+        let Some(token) = &runtime.admin_token else {
+            return false;
+        };
+        constant_time_eq(presented, token.as_bytes())
     }
 
     fn status(&self) -> Response<Vec<u8>> {

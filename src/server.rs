@@ -127,7 +127,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let proxy_handle = server.add_service(service);
     proxy_handle.add_dependency(&reload_handle);
     if let Some(admin) = &config.admin {
-        let api = AdminApi::new(admin.token.clone(), runtime, storage, metrics, reloader, events);
+        let api = AdminApi::new(runtime, storage, metrics, reloader, events);
         let mut admin_service = Service::new("edgecache admin".to_string(), api);
         admin_service.add_tcp(&admin.listen.to_string());
         server.add_service(admin_service);

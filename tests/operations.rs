@@ -571,3 +571,25 @@ async fn origin_health_changes_and_start_are_sent_as_events() {
     assert_eq!(status["sites"][0]["origins"][0]["healthy"], false);
     assert_eq!(status["node"], "edge-test");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_admin_token() {
+    let origin = Origin::start().await;
+    let node = Node::start("rotate", "", &site(&origin));
+    let text =
+        Node::config(node.proxy.addr, node.admin, "", &site(&origin)).replace(TOKEN, "rotated-token-2");
+    std::fs::write(&node.file, text).unwrap();
+    assert_eq!(node.admin("POST", "/reload", None).await.0, 200);
+    assert_eq!(
+        node.admin("GET", "/status", None).await.0,
+        401,
+        "the old token is refused"
+    );
+    let resp = client()
+        .get(format!("http://{}/status", node.admin))
+        .bearer_auth("rotated-token-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

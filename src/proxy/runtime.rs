@@ -53,6 +53,8 @@ pub struct Runtime {
     pub server_timing: bool,
     /// Where access-log lines go (None: off).
     pub access_log: Option<AccessLog>,
+    /// The admin API's bearer token (None: every admin request is refused).
+    pub admin_token: Option<String>,
 }
 
 /// The current runtime, shared by the proxy, the reloader, the admin API and health checks.
@@ -98,6 +100,7 @@ impl Runtime {
                 )?),
                 false => None,
             },
+            admin_token: config.admin.as_ref().map(|a| a.token.clone()),
         })
     }
 
