@@ -42,8 +42,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Time allowed for one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the cache is checked for evictions (at most one eviction event per period).
-const EVICTION_CHECK: Duration = Duration::from_secs(10);
+/// How often the cache is checked for evictions.
+const EVICTION_CHECK: Duration = Duration::from_secs(1);
+
+/// Least time between two eviction events (the evictions in between are added up).
+const EVICTION_EVENT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-edgecache-signature";
@@ -181,6 +184,31 @@ impl WebhookDispatcher {
         }
     }
 
+    /// Emits `cache_eviction` when entries were evicted since `seen`, at most once per
+    /// [`EVICTION_EVENT_INTERVAL`]; returns the eviction count the next check compares with.
+    fn announce_evictions(
+        &self,
+        storage: &MokaStorage,
+        seen: u64,
+        last_event: &mut Option<std::time::Instant>,
+    ) -> u64 {
+        let evictions = storage.evictions();
+        let quiet = last_event.is_none_or(|at| at.elapsed() >= EVICTION_EVENT_INTERVAL);
+        if evictions <= seen || !quiet {
+            return seen;
+        }
+        *last_event = Some(std::time::Instant::now());
+        self.sink.emit(
+            "cache_eviction",
+            serde_json::json!({
+                "evicted": evictions - seen,
+                "entries": storage.entry_count(),
+                "bytes": storage.weighted_size(),
+            }),
+        );
+        evictions
+    }
+
     /// Delivers `node_stopping` with a single quick attempt per endpoint before shutdown.
     async fn announce_stop(&self, client: &reqwest::Client) {
         let stopping = Event {
@@ -228,6 +256,7 @@ impl BackgroundService for WebhookDispatcher {
         let mut health = self.health.as_ref().map(|h| h.subscribe());
         let mut eviction_check = tokio::time::interval(EVICTION_CHECK);
         let mut evictions_seen = self.storage.map_or(0, |s| s.evictions());
+        let mut last_eviction_event: Option<std::time::Instant> = None;
         self.sink.emit(
             "node_started",
             serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
@@ -247,15 +276,7 @@ impl BackgroundService for WebhookDispatcher {
                 }
                 _ = eviction_check.tick() => {
                     if let Some(storage) = self.storage {
-                        let evictions = storage.evictions();
-                        if evictions > evictions_seen {
-                            self.sink.emit("cache_eviction", serde_json::json!({
-                                "evicted": evictions - evictions_seen,
-                                "entries": storage.entry_count(),
-                                "bytes": storage.weighted_size(),
-                            }));
-                        }
-                        evictions_seen = evictions;
+                        evictions_seen = self.announce_evictions(storage, evictions_seen, &mut last_eviction_event);
                     }
                 }
                 _ = shutdown.changed() => {

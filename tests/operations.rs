@@ -593,3 +593,34 @@ async fn a_reload_rotates_the_admin_token() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_under_memory_pressure_are_announced() {
+    let origin = Origin::start().await;
+    for n in 0..12 {
+        origin.route(&format!("/big/{n}"), |_, _| {
+            Reply::ok(vec![b'x'; 16 * 1024]).header("cache-control", "max-age=600")
+        });
+    }
+    let receiver = Origin::start().await;
+    receiver.route("/hook", |_, _| Reply::new(200, ""));
+    let body = format!(
+        "[cache]\nmax_memory = \"64KiB\"\nmax_object_size = \"32KiB\"\n{}\
+         [[webhook]]\nurl = \"http://{}/hook\"\nevents = [\"cache_eviction\"]\nsecret = \"k\"\n",
+        site(&origin),
+        receiver.addr
+    );
+    let node = Node::start("evictions", "", &body);
+    for n in 0..12 {
+        get(&node.proxy, "127.0.0.1", &format!("/big/{n}")).await;
+    }
+    let announced = eventually(Duration::from_secs(5), || receiver.hits("/hook") >= 1).await;
+    assert!(announced, "no cache_eviction event");
+    let event: serde_json::Value = serde_json::from_slice(&receiver.seen("/hook")[0].body).unwrap();
+    assert_eq!(event["type"], "cache_eviction");
+    assert!(event["details"]["evicted"].as_u64().unwrap() >= 1, "{event}");
+    assert!(
+        event["details"]["bytes"].as_u64().unwrap() <= 64 * 1024,
+        "{event}"
+    );
+}

@@ -449,8 +449,10 @@ impl MokaStorage {
         self.replace_meta(hash, &meta, None)
     }
 
-    /// Entries removed to stay within `max_memory`, since start.
+    /// Entries removed to stay within `max_memory`, since start (after moka's pending
+    /// maintenance, which is where evictions happen).
     pub fn evictions(&self) -> u64 {
+        self.entries.run_pending_tasks();
         self.evictions.load(Ordering::Relaxed)
     }
 
