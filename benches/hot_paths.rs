@@ -187,12 +187,46 @@ fn compressed_hit(c: &mut Criterion) {
     });
 }
 
+/// One iteration: a tag purge that matches nothing, scanning 100,000 stored entries (the cost
+/// of every prefix, host and tag purge is this scan plus the entries it touches).
+fn purge_scan(c: &mut Criterion) {
+    use edgecache::cache::storage::PurgeScope;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = MokaStorage::new(1 << 30, Duration::from_secs(600)).leak();
+    let span = Span::inactive().handle();
+    let meta = meta();
+    let body = Bytes::from_static(b"x");
+    runtime.block_on(async {
+        for i in 0..100_000 {
+            let key = cache_key(&CacheTarget {
+                scheme: "http",
+                host: "h".into(),
+                path_and_query: format!("/item/{i}"),
+            });
+            let mut fill = storage.get_miss_handler(&key, &meta, &span).await.unwrap();
+            fill.write_body(body.clone(), true).await.unwrap();
+            fill.finish().await.unwrap();
+        }
+    });
+    let scope = PurgeScope::Tag("absent".into());
+    let mut group = c.benchmark_group("purge");
+    group.sample_size(10);
+    group.bench_function("tag purge scan (100k entries)", |b| {
+        b.iter(|| storage.purge_scope(black_box(&scope), false))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     key_derivation,
     cacheability,
     storage,
     compression,
-    compressed_hit
+    compressed_hit,
+    purge_scan
 );
 criterion_main!(benches);

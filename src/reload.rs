@@ -45,46 +45,42 @@ pub enum ReloadError {
     BuiltIn,
 }
 
-/// What a reload updates.
+/// The running parts a reload replaces or updates.
+pub struct Targets {
+    /// Sites, origins, policies, logging, admin token.
+    pub runtime: SharedRuntime,
+    /// The cache, whose compression policy changes.
+    pub storage: &'static MokaStorage,
+    /// Certificates served on the TLS listeners.
+    pub certificates: Arc<SniResolver>,
+    /// Where new origin pools publish health changes.
+    pub health_events: HealthEvents,
+    /// Webhook endpoints.
+    pub webhooks: Endpoints,
+    /// Where reloads and rejections are announced.
+    pub events: EventSink,
+    /// Metrics the new sites count into.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Applies the config file to the running process.
 pub struct Reloader {
     /// The file to re-read; `None` for the built-in config.
     config_file: Option<PathBuf>,
     /// The config of the running process (for settings a reload cannot change).
     started_with: Config,
-    runtime: SharedRuntime,
-    storage: &'static MokaStorage,
-    certificates: Arc<SniResolver>,
-    health_events: HealthEvents,
-    webhooks: Endpoints,
-    events: EventSink,
-    metrics: Arc<Metrics>,
+    targets: Targets,
     /// One reload at a time.
     applying: Mutex<()>,
 }
 
 impl Reloader {
-    /// A reloader for the file `config` came from.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: &Config,
-        runtime: SharedRuntime,
-        storage: &'static MokaStorage,
-        certificates: Arc<SniResolver>,
-        health_events: HealthEvents,
-        webhooks: Endpoints,
-        events: EventSink,
-        metrics: Arc<Metrics>,
-    ) -> Reloader {
+    /// A reloader for the file `config` came from, updating `targets`.
+    pub fn new(config: &Config, targets: Targets) -> Reloader {
         Reloader {
             config_file: Some(config.source.clone()).filter(|path| path.is_file()),
             started_with: config.clone(),
-            runtime,
-            storage,
-            certificates,
-            health_events,
-            webhooks,
-            events,
-            metrics,
+            targets,
             applying: Mutex::new(()),
         }
     }
@@ -96,12 +92,14 @@ impl Reloader {
         match &result {
             Ok(version) => {
                 tracing::info!(version, "config reloaded");
-                self.events
+                self.targets
+                    .events
                     .emit("config_reload", serde_json::json!({ "version": version }));
             }
             Err(e) => {
                 tracing::error!(error = %e, "config reload rejected; the running config stays");
-                self.events
+                self.targets
+                    .events
                     .emit("config_rejected", serde_json::json!({ "error": e.to_string() }));
             }
         }
@@ -112,20 +110,22 @@ impl Reloader {
         let file = self.config_file.as_ref().ok_or(ReloadError::BuiltIn)?;
         let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let config = Config::load(file)?;
-        let version = self.runtime.load().version + 1;
+        let targets = &self.targets;
+        let version = targets.runtime.load().version + 1;
         let runtime =
-            Runtime::new(&config, version, &self.health_events, &self.metrics).map_err(|source| {
+            Runtime::new(&config, version, &targets.health_events, &targets.metrics).map_err(|source| {
                 ReloadError::Apply {
                     file: file.clone(),
                     source,
                 }
             })?;
         self.warn_about_fixed_settings(&config);
-        self.storage
+        targets
+            .storage
             .set_compression(CompressionPolicy::new(&config.compression));
-        self.certificates.replace(&config);
-        self.webhooks.store(Arc::new(config.webhooks.clone()));
-        self.runtime.store(Arc::new(runtime));
+        targets.certificates.replace(&config);
+        targets.webhooks.store(Arc::new(config.webhooks.clone()));
+        targets.runtime.store(Arc::new(runtime));
         Ok(version)
     }
 

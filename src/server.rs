@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::draining::Draining;
 use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
-use crate::reload::{HangupWatcher, Reloader};
+use crate::reload::{HangupWatcher, Reloader, Targets};
 use crate::tls::SniResolver;
 use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
 
@@ -112,13 +112,15 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     add_tls_listeners(config, &certificates, &mut service)?;
     let reloader = Arc::new(Reloader::new(
         config,
-        runtime.clone(),
-        storage,
-        certificates,
-        health_events.clone(),
-        webhooks,
-        events.clone(),
-        metrics.clone(),
+        Targets {
+            runtime: runtime.clone(),
+            storage,
+            certificates,
+            health_events: health_events.clone(),
+            webhooks,
+            events: events.clone(),
+            metrics: metrics.clone(),
+        },
     ));
     // The reload service installs its SIGHUP handler before the listeners open, so a HUP sent
     // once the proxy accepts connections is always handled (never the default: terminate).
