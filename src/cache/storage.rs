@@ -367,7 +367,7 @@ impl MokaStorage {
     pub fn leak(mut self) -> &'static MokaStorage {
         let (sender, receiver) = sync_channel(UPGRADE_QUEUE);
         let policy = self.compression.load();
-        let upgrading = policy.brotli_background_level > policy.brotli_level;
+        let upgrading = policy.settings.brotli_background_level > policy.settings.brotli_level;
         drop(policy);
         if upgrading {
             self.upgrades = Some(sender);
@@ -469,7 +469,7 @@ impl MokaStorage {
     /// them in, unless the entry changed meanwhile.
     fn run_upgrades(&'static self, queue: Receiver<HashBinary>) {
         while let Ok(hash) = queue.recv() {
-            let level = self.compression.load().brotli_background_level;
+            let level = self.compression.load().settings.brotli_background_level;
             let Some(entry) = self.entries.get(&hash) else {
                 continue;
             };

@@ -80,7 +80,7 @@ impl Variants {
             Ok(decoded) => Bytes::from(decoded),
             Err(_) => return Variants::single(header, body),
         };
-        if origin_coding == Coding::Identity && identity.len() < policy.min_size {
+        if origin_coding == Coding::Identity && identity.len() < policy.settings.min_size {
             return Variants::single(header, body);
         }
         let encode = |coding: Coding| -> Option<Bytes> {
@@ -97,7 +97,7 @@ impl Variants {
         }
         let brotli_upgradable = brotli.is_some()
             && origin_coding != Coding::Brotli
-            && policy.brotli_background_level > policy.brotli_level
+            && policy.settings.brotli_background_level > policy.settings.brotli_level
             && identity.len() <= BACKGROUND_MAX_BYTES;
         let bodies = Bodies {
             identity,
@@ -130,6 +130,24 @@ impl Variants {
         if !self.is_managed() {
             return Ok(Variants::single(served.clone(), self.primary.body.clone()));
         }
+        let brotli = self.brotli.as_ref().map(|r| r.body.clone());
+        self.reassemble(served, served_coding, brotli, self.brotli_upgradable)
+    }
+
+    /// The same codings with a final, maximum-quality brotli body.
+    pub fn with_final_brotli(&self, body: Bytes) -> Result<Variants> {
+        self.reassemble(&self.primary.header, Coding::Identity, Some(body), false)
+    }
+
+    /// The codings rebuilt from `served` (the header of the `served_coding` representation) and
+    /// the stored bodies, with `brotli` as the brotli body.
+    fn reassemble(
+        &self,
+        served: &ResponseHeader,
+        served_coding: Coding,
+        brotli: Option<Bytes>,
+        brotli_upgradable: bool,
+    ) -> Result<Variants> {
         let mut origin_header = served.clone();
         origin_form(
             &mut origin_header,
@@ -140,26 +158,9 @@ impl Variants {
         let bodies = Bodies {
             identity: self.primary.body.clone(),
             gzip: self.gzip.as_ref().map(|r| r.body.clone()),
-            brotli: self.brotli.as_ref().map(|r| r.body.clone()),
+            brotli,
         };
-        Variants::assemble(&origin_header, self.origin_coding, bodies, self.brotli_upgradable)
-    }
-
-    /// The same codings with a final, maximum-quality brotli body.
-    pub fn with_final_brotli(&self, body: Bytes) -> Result<Variants> {
-        let mut origin_header = self.primary.header.clone();
-        origin_form(
-            &mut origin_header,
-            Coding::Identity,
-            self.origin_coding,
-            self.origin_etag_weak(),
-        )?;
-        let bodies = Bodies {
-            identity: self.primary.body.clone(),
-            gzip: self.gzip.as_ref().map(|r| r.body.clone()),
-            brotli: Some(body),
-        };
-        Variants::assemble(&origin_header, self.origin_coding, bodies, false)
+        Variants::assemble(&origin_header, self.origin_coding, bodies, brotli_upgradable)
     }
 
     /// Whether the origin's ETag is weak (the identity representation keeps its weakness).
@@ -222,12 +223,7 @@ fn origin_form(header: &mut ResponseHeader, served: Coding, origin: Coding, orig
     if served == origin {
         return Ok(());
     }
-    match origin.token() {
-        Some(token) => header.insert_header(http::header::CONTENT_ENCODING, token)?,
-        None => {
-            header.remove_header(&http::header::CONTENT_ENCODING);
-        }
-    }
+    compression::set_content_encoding(header, origin)?;
     let etag = header
         .headers
         .get(http::header::ETAG)

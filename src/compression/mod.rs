@@ -132,22 +132,12 @@ pub enum Eligibility {
     Encoded(Coding),
 }
 
-/// The compression policy in force, built from `[compression]`.
+/// The compression policy in force: `[compression]` with its type patterns parsed.
 #[derive(Debug, Clone)]
 pub struct CompressionPolicy {
     types: Vec<TypePattern>,
-    /// Smaller bodies are not worth compressing.
-    pub min_size: usize,
-    /// gzip level of stored variants.
-    pub gzip_level: u32,
-    /// Brotli quality of stored variants when first stored.
-    pub brotli_level: u32,
-    /// Brotli quality a stored variant is recompressed to in the background (0: never).
-    pub brotli_background_level: u32,
-    /// gzip level for on-the-fly compression.
-    pub stream_gzip_level: u32,
-    /// Brotli quality for on-the-fly compression.
-    pub stream_brotli_level: u32,
+    /// Sizes and levels as configured.
+    pub settings: CompressionSettings,
 }
 
 impl CompressionPolicy {
@@ -155,12 +145,7 @@ impl CompressionPolicy {
     pub fn new(settings: &CompressionSettings) -> CompressionPolicy {
         CompressionPolicy {
             types: settings.types.iter().map(|t| TypePattern::new(t)).collect(),
-            min_size: settings.min_size,
-            gzip_level: settings.gzip_level,
-            brotli_level: settings.brotli_level,
-            brotli_background_level: settings.brotli_background_level,
-            stream_gzip_level: settings.stream_gzip_level,
-            stream_brotli_level: settings.stream_brotli_level,
+            settings: settings.clone(),
         }
     }
 
@@ -174,7 +159,7 @@ impl CompressionPolicy {
             Some(coding) => return Eligibility::Encoded(coding),
             None => return Eligibility::Untouched,
         }
-        let too_small = content_length(header).is_some_and(|len| len < self.min_size);
+        let too_small = content_length(header).is_some_and(|len| len < self.settings.min_size);
         if too_small || !self.compressible_type(header) {
             return Eligibility::Untouched;
         }
@@ -184,8 +169,8 @@ impl CompressionPolicy {
     /// The level used for `coding` when a response is stored.
     pub fn stored_level(&self, coding: Coding) -> u32 {
         match coding {
-            Coding::Gzip => self.gzip_level,
-            Coding::Brotli => self.brotli_level,
+            Coding::Gzip => self.settings.gzip_level,
+            Coding::Brotli => self.settings.brotli_level,
             Coding::Identity => 0,
         }
     }
@@ -285,12 +270,7 @@ pub fn recode_header(
     if from == to {
         return Ok(());
     }
-    match to.token() {
-        Some(token) => header.insert_header(http::header::CONTENT_ENCODING, token)?,
-        None => {
-            header.remove_header(&http::header::CONTENT_ENCODING);
-        }
-    }
+    set_content_encoding(header, to)?;
     let etag = header
         .headers
         .get(http::header::ETAG)
@@ -298,6 +278,17 @@ pub fn recode_header(
         .and_then(|v| suffixed_etag(v, to, weak));
     if let Some(etag) = etag {
         header.insert_header(http::header::ETAG, etag)?;
+    }
+    Ok(())
+}
+
+/// Sets `Content-Encoding` to `coding` (removes it for identity).
+pub fn set_content_encoding(header: &mut ResponseHeader, coding: Coding) -> pingora::Result<()> {
+    match coding.token() {
+        Some(token) => header.insert_header(http::header::CONTENT_ENCODING, token)?,
+        None => {
+            header.remove_header(&http::header::CONTENT_ENCODING);
+        }
     }
     Ok(())
 }

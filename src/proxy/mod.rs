@@ -286,9 +286,9 @@ impl EdgeProxy {
         compression::add_vary_accept_encoding(resp)?;
         let accepted = ctx.encoding.accepted;
         let (coding, level) = if accepted.brotli {
-            (Coding::Brotli, policy.stream_brotli_level)
+            (Coding::Brotli, policy.settings.stream_brotli_level)
         } else if accepted.gzip {
-            (Coding::Gzip, policy.stream_gzip_level)
+            (Coding::Gzip, policy.settings.stream_gzip_level)
         } else {
             return Ok(());
         };
