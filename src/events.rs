@@ -90,14 +90,18 @@ pub struct EventSink {
 impl EventSink {
     /// Queues an event; drops (and counts) it when the queue is full.
     pub fn emit(&self, kind: &'static str, details: serde_json::Value) {
-        let event = Event {
+        if self.queue.try_send(self.event(kind, details)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An event of this node, happening now.
+    fn event(&self, kind: &'static str, details: serde_json::Value) -> Event {
+        Event {
             kind,
             time: crate::access_log::rfc3339(SystemTime::now()),
             node: self.node.to_string(),
             details,
-        };
-        if self.queue.try_send(event).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -154,28 +158,35 @@ impl WebhookDispatcher {
         self
     }
 
-    /// Sends `event` to every endpoint subscribed to it, each delivery in its own task.
-    async fn dispatch(&self, client: &reqwest::Client, permits: &Arc<Semaphore>, event: &Event) {
+    /// One delivery of `event` per endpoint subscribed to it, all sharing one body.
+    fn deliveries(&self, client: &reqwest::Client, event: &Event) -> Vec<Delivery> {
         let endpoints = self.endpoints.load_full();
         let subscribed: Vec<_> = endpoints
             .iter()
             .filter(|e| e.events.iter().any(|k| k == "*" || k == event.kind))
             .collect();
         if subscribed.is_empty() {
-            return;
+            return Vec::new();
         }
         let body = Arc::new(serde_json::to_vec(event).unwrap_or_default());
-        for endpoint in subscribed {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let delivery = Delivery {
+        subscribed
+            .into_iter()
+            .map(|endpoint| Delivery {
                 client: client.clone(),
                 url: endpoint.url.to_string(),
                 signature: sign(&endpoint.secret, &body),
                 kind: event.kind,
                 body: body.clone(),
                 stats: self.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Sends `event` to every endpoint subscribed to it, each delivery in its own task.
+    async fn dispatch(&self, client: &reqwest::Client, permits: &Arc<Semaphore>, event: &Event) {
+        for delivery in self.deliveries(client, event) {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
             };
             tokio::spawn(async move {
                 delivery.run(MAX_ATTEMPTS).await;
@@ -211,26 +222,9 @@ impl WebhookDispatcher {
 
     /// Delivers `node_stopping` with a single quick attempt per endpoint before shutdown.
     async fn announce_stop(&self, client: &reqwest::Client) {
-        let stopping = Event {
-            kind: "node_stopping",
-            time: crate::access_log::rfc3339(SystemTime::now()),
-            node: self.sink.node().to_string(),
-            details: serde_json::json!({}),
-        };
-        let body = Arc::new(serde_json::to_vec(&stopping).unwrap_or_default());
-        let endpoints = self.endpoints.load_full();
-        let deliveries = endpoints
-            .iter()
-            .filter(|e| e.events.iter().any(|k| k == "*" || k == "node_stopping"))
-            .map(|endpoint| Delivery {
-                client: client.clone(),
-                url: endpoint.url.to_string(),
-                signature: sign(&endpoint.secret, &body),
-                kind: "node_stopping",
-                body: body.clone(),
-                stats: self.stats.clone(),
-            });
-        let all = futures_util::future::join_all(deliveries.map(|d| async move { d.run(1).await }));
+        let stopping = self.sink.event("node_stopping", serde_json::json!({}));
+        let deliveries = self.deliveries(client, &stopping);
+        let all = futures_util::future::join_all(deliveries.iter().map(|d| d.run(1)));
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
     }
 }
