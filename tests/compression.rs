@@ -427,7 +427,7 @@ async fn brotli_is_recompressed_at_maximum_quality_in_the_background() {
     let first_len = first_pass.body.len();
     let mut last = None;
     let upgraded = eventually(Duration::from_secs(20), || {
-        let resp = futures_block(get_with(&proxy, "/hot", "br"));
+        let resp = common::block_on(get_with(&proxy, "/hot", "br"));
         let done = resp.header("etag") == Some("\"v1~br\"");
         last = Some(resp);
         done
@@ -438,11 +438,6 @@ async fn brotli_is_recompressed_at_maximum_quality_in_the_background() {
     assert_eq!(last.decoded(), body);
     assert!(last.body.len() < first_len, "{} !< {first_len}", last.body.len());
     assert_eq!(origin.hits("/hot"), 1);
-}
-
-/// Runs a future to completion from a synchronous `eventually` check.
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,7 +243,7 @@ async fn webhooks_are_signed_and_retried_until_the_receiver_comes_back() {
         started.elapsed()
     );
     let retried = eventually(Duration::from_secs(5), || {
-        let text = futures_block(node.admin("GET", "/status", None)).1;
+        let text = common::block_on(node.admin("GET", "/status", None)).1;
         let status: serde_json::Value = serde_json::from_str(&text).unwrap();
         status["webhooks"]["retried"].as_u64().unwrap() >= 1
     })
@@ -273,11 +273,6 @@ async fn webhooks_are_signed_and_retried_until_the_receiver_comes_back() {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect();
     mac.verify_slice(&expected).expect("signature verifies");
-}
-
-/// Runs a future to completion from a synchronous `eventually` check.
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 /// `name{labels}` → value, from Prometheus text; panics on a malformed line.

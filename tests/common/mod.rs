@@ -445,3 +445,9 @@ pub async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> (u16, S
     let cache = cache_status(&resp);
     (status, cache, resp.text().await.unwrap())
 }
+
+/// Runs a future to completion from synchronous code such as an `eventually` check (needs the
+/// multi-thread runtime).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
