@@ -278,9 +278,12 @@ impl EdgeProxy {
                 | CachePhase::Revalidated
                 | CachePhase::RevalidatedNoCache(_)
         );
+        if !ctx.encoding.compress || from_cache {
+            return Ok(());
+        }
         let runtime = ctx.runtime.clone();
         let policy = &runtime.compression;
-        if !ctx.encoding.compress || from_cache || policy.eligibility(resp) != Eligibility::Compress {
+        if policy.eligibility(resp) != Eligibility::Compress {
             return Ok(());
         }
         compression::add_vary_accept_encoding(resp)?;
