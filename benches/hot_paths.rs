@@ -67,6 +67,7 @@ fn storage(c: &mut Criterion) {
             cache_key(&CacheTarget {
                 scheme: "http",
                 host: "h".into(),
+                authority: "h".into(),
                 path_and_query: format!("/{i}"),
             })
         })
@@ -167,6 +168,7 @@ fn compressed_hit(c: &mut Criterion) {
     let mut key = cache_key(&CacheTarget {
         scheme: "http",
         host: "h".into(),
+        authority: "h".into(),
         path_and_query: "/page".into(),
     });
     let now = SystemTime::now();
@@ -204,6 +206,7 @@ fn purge_scan(c: &mut Criterion) {
             let key = cache_key(&CacheTarget {
                 scheme: "http",
                 host: "h".into(),
+                authority: "h".into(),
                 path_and_query: format!("/item/{i}"),
             });
             let mut fill = storage.get_miss_handler(&key, &meta, &span).await.unwrap();

@@ -504,6 +504,7 @@ async fn traffic_purge_is_announced_and_counted() {
             reqwest::Method::from_bytes(b"PURGE").unwrap(),
             node.proxy.url("/p"),
         )
+        .header("host", "127.0.0.1")
         .send()
         .await
         .unwrap();

@@ -16,6 +16,9 @@ pub struct CacheTarget {
     pub scheme: &'static str,
     /// Lower-cased host without port.
     pub host: String,
+    /// The host plus its port when not the scheme's default: what the origin receives as `Host`
+    /// and what the key holds.
+    pub authority: String,
     /// Path and query exactly as requested (`/` when empty).
     pub path_and_query: String,
 }
@@ -24,6 +27,7 @@ impl CacheTarget {
     /// The target of a request, or `None` when it has no usable host or path (e.g. `OPTIONS *`).
     pub fn of_request(req: &RequestHeader, scheme: &'static str) -> Option<CacheTarget> {
         let host = crate::proxy::routing::request_host(req)?;
+        let authority = crate::proxy::routing::request_authority(req, scheme)?;
         let path_and_query = req.uri.path_and_query()?.as_str();
         if !path_and_query.starts_with('/') {
             return None;
@@ -31,6 +35,7 @@ impl CacheTarget {
         Some(CacheTarget {
             scheme,
             host,
+            authority,
             path_and_query: path_and_query.to_string(),
         })
     }
@@ -40,18 +45,20 @@ impl CacheTarget {
         CacheTarget {
             scheme: self.scheme,
             host: self.host.clone(),
+            authority: self.authority.clone(),
             path_and_query: path_and_query.to_string(),
         }
     }
 }
 
-/// Builds the pingora cache key of a target.
+/// Builds the pingora cache key of a target: scheme, authority (host and non-default port),
+/// path and query.
 ///
 /// Each component is length-prefixed, so `("a", "bc")` and `("ab", "c")` differ.
 pub fn cache_key(target: &CacheTarget) -> CacheKey {
     let parts = [
         target.scheme.as_bytes(),
-        target.host.as_bytes(),
+        target.authority.as_bytes(),
         target.path_and_query.as_bytes(),
     ];
     let mut primary = Vec::with_capacity(12 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -65,7 +72,7 @@ pub fn cache_key(target: &CacheTarget) -> CacheKey {
     key
 }
 
-/// The (scheme, host, path and query) a key's primary bytes were built from.
+/// The (scheme, authority, path and query) a key's primary bytes were built from.
 pub fn components(primary: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     let mut rest = primary;
     let mut next = || -> Option<&[u8]> {
@@ -85,6 +92,7 @@ mod tests {
         CacheTarget {
             scheme: "http",
             host: host.into(),
+            authority: host.into(),
             path_and_query: path.into(),
         }
     }
@@ -123,6 +131,17 @@ mod tests {
         let mut https = target("h", "/p");
         https.scheme = "https";
         assert_ne!(plain.primary_bin(), cache_key(&https).primary_bin());
+    }
+
+    #[test]
+    fn a_non_default_port_is_a_different_key() {
+        let request = |host: &str| {
+            let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+            req.insert_header("Host", host).unwrap();
+            cache_key(&CacheTarget::of_request(&req, "http").unwrap()).primary_bin()
+        };
+        assert_eq!(request("site.test"), request("SITE.test.:80"));
+        assert_ne!(request("site.test"), request("site.test:6666"));
     }
 
     #[test]

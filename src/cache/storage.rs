@@ -271,9 +271,11 @@ impl PurgeScope {
         if let PurgeScope::Tag(tag) = self {
             return tags.iter().any(|t| **t == **tag);
         }
-        let Some((scheme, host, path)) = super::key::components(primary) else {
+        let Some((scheme, authority, path)) = super::key::components(primary) else {
             return false;
         };
+        // A purge names hosts without ports and covers every port the host was requested on.
+        let host = crate::proxy::routing::host_of_authority(authority);
         let scheme_ok = |wanted: &Option<String>| wanted.as_deref().is_none_or(|w| w.as_bytes() == scheme);
         match self {
             PurgeScope::Url {

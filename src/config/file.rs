@@ -288,6 +288,10 @@ pub struct SiteSection {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` value added to HTTPS responses.
     pub hsts: Option<String>,
+    /// Request headers removed before the request is looked up or forwarded (for example
+    /// `X-Forwarded-Host` when the origin trusts it but the cache key does not hold it).
+    #[serde(default)]
+    pub strip_request_headers: Vec<String>,
 }
 
 /// `[demo]`: a sample origin inside the binary, so the proxy can be tried with nothing else running.

@@ -276,6 +276,8 @@ pub struct SiteSettings {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<http::HeaderValue>,
+    /// Request headers removed before lookup and forwarding.
+    pub strip_request_headers: Vec<http::HeaderName>,
 }
 
 /// One validated origin.
@@ -725,7 +727,27 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         tls: site_certificate(site, index, at)?,
         redirect_https: site.redirect_https,
         hsts: site_hsts(site, index, at)?,
+        strip_request_headers: strip_request_headers(site, index, at)?,
     })
+}
+
+/// The header names of `strip_request_headers`, checked to be header names.
+fn strip_request_headers(
+    site: &SiteSection,
+    index: usize,
+    at: &Locator,
+) -> Result<Vec<http::HeaderName>, ConfigError> {
+    let mut names = Vec::with_capacity(site.strip_request_headers.len());
+    for (i, name) in site.strip_request_headers.iter().enumerate() {
+        let parsed = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            at.error(
+                &format!("site[{index}].strip_request_headers[{i}]"),
+                format!("{name:?} is not a header name"),
+            )
+        })?;
+        names.push(parsed);
+    }
+    Ok(names)
 }
 
 /// Loads the site's certificate and key, when it has them; paths are relative to the config

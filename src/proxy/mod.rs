@@ -115,14 +115,21 @@ impl EdgeProxy {
     }
 
     /// Decides the request's site and cache target; answers 400/404 itself when there is none.
+    /// An HTTP/1.0 request may omit `Host`: it goes to the default site, uncached.
     async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let Some(host) = routing::request_host(req) else {
-            respond_text(session, 400, "missing or invalid Host header\n").await?;
-            return Ok(true);
-        };
+        let host = routing::request_host(req);
         let runtime = ctx.runtime.clone();
-        let Some(site) = runtime.router.route(&host) else {
+        let default_site = runtime.router.default_site();
+        let site = match &host {
+            Some(host) => runtime.router.route(host),
+            None if default_site.is_some() && routing::is_http10_without_host(req) => default_site,
+            None => {
+                respond_text(session, 400, "missing or invalid Host header\n").await?;
+                return Ok(true);
+            }
+        };
+        let Some(site) = site else {
             respond_text(session, 404, "no site is configured for this host\n").await?;
             return Ok(true);
         };
@@ -131,16 +138,24 @@ impl EdgeProxy {
         } else {
             "http"
         };
+        let settings = &runtime.sites[site].settings;
+        for name in &settings.strip_request_headers {
+            session.req_header_mut().remove_header(name);
+        }
         ctx.route.site = Some(site);
         ctx.route.scheme = scheme;
-        ctx.encoding.compress = runtime.sites[site].settings.compress;
+        ctx.encoding.compress = settings.compress;
         ctx.encoding.accepted = Accepted::of_request(session.req_header());
         ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
+        if host.is_some() && routing::request_authority(session.req_header(), scheme).is_none() {
+            respond_text(session, 400, "invalid port in Host header\n").await?;
+            return Ok(true);
+        }
         if session.req_header().method.as_str() == "PURGE" {
             return self.authorise_purge(session, ctx).await;
         }
-        if scheme == "http" && runtime.sites[site].settings.redirect_https {
-            self.redirect_to_https(session, &host, runtime.https_port).await?;
+        if let (Some(host), "http", true) = (&host, scheme, settings.redirect_https) {
+            self.redirect_to_https(session, host, runtime.https_port).await?;
             return Ok(true);
         }
         Ok(false)
@@ -399,6 +414,11 @@ impl ProxyHttp for EdgeProxy {
         if !cacheable_method || !site_caches || ctx.route.target.is_none() {
             return Ok(());
         }
+        // A GET or HEAD with a body ("fat GET") is forwarded with it; the response may depend
+        // on the body, which the key does not hold, so it is neither looked up nor stored.
+        if !ctx.route.purge && !session.is_body_empty() {
+            return Ok(());
+        }
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.cache.lock_timeout);
         let engine = &self.cache;
@@ -545,6 +565,16 @@ impl ProxyHttp for EdgeProxy {
                 path.parse()
                     .or_err(ErrorType::InvalidHTTPHeader, "bad request path")?,
             );
+        }
+        // The origin gets exactly the authority the response is cached under.
+        match &ctx.route.target {
+            Some(target) => upstream_request.insert_header(http::header::HOST, &target.authority)?,
+            None if upstream_request.headers.get(http::header::HOST).is_none() => {
+                if let Some(host) = self.site(ctx).and_then(|s| s.settings.hosts.first()) {
+                    upstream_request.insert_header(http::header::HOST, host)?;
+                }
+            }
+            None => {}
         }
         headers::strip_request_hop_by_hop(upstream_request);
         upstream_request.append_header(

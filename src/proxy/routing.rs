@@ -16,19 +16,75 @@ pub fn normalize_host(raw: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The host a request names as written: the URI authority when present (HTTP/2, absolute
+/// form), else the `Host` header.
+fn raw_authority(req: &RequestHeader) -> Option<&str> {
+    match req.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers.get(http::header::HOST)?.to_str().ok(),
+    }
+}
+
 /// The normalised host a request is for: the URI authority when present (HTTP/2, absolute
 /// form), else the `Host` header. `None` when both are missing or unusable.
 pub fn request_host(req: &RequestHeader) -> Option<String> {
-    let raw = match req.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
-    };
-    let host = normalize_host(raw);
+    let host = normalize_host(raw_authority(req)?);
     let valid = !host.is_empty()
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
     valid.then_some(host)
+}
+
+/// An HTTP/1.0 request without `Host` (allowed in HTTP/1.0): served by the default site.
+pub fn is_http10_without_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_10
+        && req.uri.authority().is_none()
+        && !req.headers.contains_key(http::header::HOST)
+}
+
+/// The port written after a host (`None` when absent or empty); `Err` when it is not a port.
+fn port_of(raw: &str) -> Result<Option<u16>, ()> {
+    let raw = raw.trim();
+    let after_host = if raw.starts_with('[') {
+        raw.split_once(']').map_or("", |(_, rest)| rest)
+    } else {
+        raw.rsplit_once(':').map_or("", |(_, port)| port)
+    };
+    let port = after_host.strip_prefix(':').unwrap_or(after_host);
+    if port.is_empty() {
+        return Ok(None);
+    }
+    port.parse().map(Some).map_err(|_| ())
+}
+
+/// The authority a request is forwarded with and cached under: its normalised host, plus the
+/// port unless it is `scheme`'s default (`Site.TEST.:80` → `site.test`, `site.test:8080` stays).
+/// Forwarding exactly what is keyed means no request can store a response built for another
+/// authority under a key others hit. `None` when the host or port is unusable.
+pub fn request_authority(req: &RequestHeader, scheme: &str) -> Option<String> {
+    let host = request_host(req)?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    match port_of(raw_authority(req)?).ok()? {
+        Some(port) if port != default_port => Some(format!("{host}:{port}")),
+        _ => Some(host),
+    }
+}
+
+/// The host part of an authority built by [`request_authority`] (the port removed).
+pub fn host_of_authority(authority: &[u8]) -> &[u8] {
+    let end = if authority.first() == Some(&b'[') {
+        authority
+            .iter()
+            .position(|b| *b == b']')
+            .map_or(authority.len(), |i| i + 1)
+    } else {
+        authority
+            .iter()
+            .rposition(|b| *b == b':')
+            .unwrap_or(authority.len())
+    };
+    &authority[..end]
 }
 
 /// Maps hosts to site indexes.
@@ -51,6 +107,11 @@ impl Router {
             }
         }
         router
+    }
+
+    /// The default site, if one is configured.
+    pub fn default_site(&self) -> Option<usize> {
+        self.default
     }
 
     /// The site for a normalised host, falling back to the default site.
@@ -79,6 +140,35 @@ mod tests {
         assert_eq!(request_host(&req), None);
         req.insert_header("host", "Good.example:80").unwrap();
         assert_eq!(request_host(&req).as_deref(), Some("good.example"));
+    }
+
+    #[test]
+    fn authority_keeps_non_default_ports_only() {
+        let with_host = |host: &str| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("host", host).unwrap();
+            req
+        };
+        let authority = |host: &str, scheme: &str| request_authority(&with_host(host), scheme);
+        assert_eq!(authority("Site.TEST.", "http").as_deref(), Some("site.test"));
+        assert_eq!(authority("site.test:80", "http").as_deref(), Some("site.test"));
+        assert_eq!(authority("site.test:", "http").as_deref(), Some("site.test"));
+        assert_eq!(
+            authority("SITE.test:6666", "http").as_deref(),
+            Some("site.test:6666")
+        );
+        assert_eq!(authority("site.test:443", "https").as_deref(), Some("site.test"));
+        assert_eq!(
+            authority("site.test:443", "http").as_deref(),
+            Some("site.test:443")
+        );
+        assert_eq!(authority("[::1]:8080", "http").as_deref(), Some("[::1]:8080"));
+        assert_eq!(authority("site.test:port", "http"), None);
+        assert_eq!(authority("site.test:99999", "http"), None);
+        assert_eq!(host_of_authority(b"site.test:6666"), b"site.test");
+        assert_eq!(host_of_authority(b"site.test"), b"site.test");
+        assert_eq!(host_of_authority(b"[::1]:80"), b"[::1]");
+        assert_eq!(host_of_authority(b"[::1]"), b"[::1]");
     }
 
     #[test]

@@ -451,3 +451,14 @@ pub async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> (u16, S
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
+
+/// Sends raw bytes to `addr` and returns everything it answers until it closes (within 5 s).
+pub async fn raw_exchange_with(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "{addr} did not answer and close within 5 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
