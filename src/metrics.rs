@@ -85,6 +85,55 @@ pub struct RequestSample<'a> {
     pub coalesced: bool,
 }
 
+/// Client-connection events, counted where they happen and read when `/metrics` is scraped.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    open: AtomicU64,
+    refused: AtomicU64,
+    header_timeouts: AtomicU64,
+    idle_timeouts: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    reset_floods: AtomicU64,
+    client_errors: AtomicU64,
+}
+
+impl ClientCounters {
+    /// A connection refused because a connection limit was reached.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections refused so far.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A connection closed by a deadline: `header`, `idle` or `handshake`.
+    pub fn timed_out(&self, kind: &str) {
+        let counter = match kind {
+            "header" => &self.header_timeouts,
+            "idle" => &self.idle_timeouts,
+            _ => &self.handshake_timeouts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP/2 connection closed for cancelling most of its streams.
+    pub fn reset_flood(&self) {
+        self.reset_floods.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request that failed because of its client (reset, closed connection, bad request).
+    pub fn client_error(&self) {
+        self.client_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the number of client connections open now.
+    pub fn set_open(&self, open: usize) {
+        self.open.store(open as u64, Ordering::Relaxed);
+    }
+}
+
 /// All metrics of one server.
 pub struct Metrics {
     registry: Registry,
@@ -103,6 +152,9 @@ pub struct Metrics {
     config_version: IntGauge,
     certificate_expiry: GaugeVec,
     access_log_dropped: IntGauge,
+    client_gauges: GaugeVec,
+    /// Client-connection events, counted by the listeners.
+    pub clients: std::sync::Arc<ClientCounters>,
     hits: AtomicU64,
     lookups: AtomicU64,
     /// Requests that matched no site.
@@ -211,6 +263,12 @@ impl Metrics {
                 "edgecache_access_log_dropped_total",
                 "Access-log lines dropped because the writer fell behind",
             ),
+            client_gauges: gauge_vec(
+                "edgecache_client_events",
+                "Client connections: open now; refused at a limit, closed by a header, idle or handshake deadline, closed for an HTTP/2 reset flood, and requests failed by their client, since start",
+                &["event"],
+            ),
+            clients: std::sync::Arc::default(),
             coalesced,
             hit_ratio,
             registry,
@@ -274,11 +332,29 @@ impl Metrics {
         )
     }
 
+    fn render_clients(&self) {
+        let c = &self.clients;
+        let events = [
+            ("open", &c.open),
+            ("refused", &c.refused),
+            ("header_timeout", &c.header_timeouts),
+            ("idle_timeout", &c.idle_timeouts),
+            ("handshake_timeout", &c.handshake_timeouts),
+            ("h2_reset_flood", &c.reset_floods),
+            ("client_error", &c.client_errors),
+        ];
+        for (event, value) in events {
+            let value = value.load(Ordering::Relaxed) as f64;
+            self.client_gauges.with_label_values(&[event]).set(value);
+        }
+    }
+
     /// The Prometheus text exposition of every metric, state gauges read now.
     pub fn render(&self, runtime: &Runtime, storage: &MokaStorage, webhooks: &WebhookStats) -> String {
         self.cache_entries.set(storage.entry_count() as i64);
         self.cache_bytes.set(storage.weighted_size() as i64);
         self.cache_evictions.set(storage.evictions() as i64);
+        self.render_clients();
         let (hits, lookups) = self.hits_and_lookups();
         self.hit_ratio.set(if lookups == 0 {
             0.0

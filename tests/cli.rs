@@ -56,3 +56,18 @@ fn a_taken_listen_address_is_reported_at_once() {
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn systemctl_reload_sends_sighup_and_keeps_the_cache() {
+    let unit = include_str!("../config/edgecache.service");
+    let reloads: Vec<&str> = unit.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+    assert!(reloads.iter().any(|l| l.contains("--check")), "{reloads:?}");
+    assert_eq!(
+        reloads.last().copied(),
+        Some("ExecReload=/bin/kill -HUP $MAINPID")
+    );
+    assert!(
+        !unit.contains("-QUIT $MAINPID"),
+        "reload must not upgrade (and empty the cache)"
+    );
+}

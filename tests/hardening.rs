@@ -98,3 +98,239 @@ async fn an_http10_request_without_host_goes_to_the_default_site() {
     assert_eq!(body_of(&answer), "a.test", "{answer}");
     assert_eq!(origin.hits("/echo"), 1);
 }
+
+/// Reads until the peer closes (Ok: bytes read) or `within` passes (Err).
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Result<usize, String> {
+    use tokio::io::AsyncReadExt;
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(total),
+            Ok(Ok(n)) => total += n,
+            Err(_) => return Err(format!("still open after {within:?} ({total} bytes read)")),
+        }
+    }
+}
+
+fn limits_proxy(origin: &Origin, server_keys: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!(
+            "[[site]]\nhosts = [\"a.test\"]\ndefault = true\norigins = [\"{}\"]\n",
+            origin.addr
+        ),
+        server_keys,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_header_trickled_byte_by_byte_is_cut_off_at_the_header_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let proxy = limits_proxy(&origin, "client_header_timeout = \"1s\"\n");
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let header =
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in header {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if started.elapsed() > std::time::Duration::from_secs(4) {
+            break;
+        }
+    }
+    closed_within(&mut stream, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "a trickled header kept the connection for {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    origin.fixed("/k", "max-age=60", "k");
+    let proxy = limits_proxy(&origin, "keepalive_timeout = \"1s\"\n");
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /k HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let read = closed_within(&mut stream, std::time::Duration::from_secs(4)).await;
+    let bytes = read.expect("the idle connection was kept open");
+    assert!(bytes > 0, "the request was answered before the connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_that_stall_in_the_preface_or_stay_idle_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let proxy = limits_proxy(
+        &origin,
+        "h2c = true\nhandshake_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\n",
+    );
+    let mut half = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    closed_within(&mut half, std::time::Duration::from_secs(4))
+        .await
+        .unwrap();
+    closed_within(&mut silent, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    // A full handshake and no stream: the HTTP/2 idle timeout.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(4), connection).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_limit_are_refused_and_places_come_back() {
+    let origin = Origin::start().await;
+    origin.fixed("/c", "max-age=60", "c");
+    let proxy = limits_proxy(&origin, "max_connections_per_ip = 3\n");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // Each held connection is admitted (and waits for its request) before the next is made.
+    let request = b"GET /c HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let eventually_refused = common::eventually(std::time::Duration::from_secs(5), || {
+        let answer = common::block_on(raw_exchange_with(proxy.addr, request));
+        answer.is_empty()
+    })
+    .await;
+    assert!(eventually_refused, "a fourth connection was served");
+    held.pop();
+    let served = common::eventually(std::time::Duration::from_secs(5), || {
+        let answer = common::block_on(raw_exchange_with(proxy.addr, request));
+        answer.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(served, "the freed place was not given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let body = bytes::Bytes::from(vec![b'x'; 64 << 20]);
+    origin.route("/big", move |_, _| {
+        Reply::ok(body.clone())
+            .header("cache-control", "no-store")
+            .header("content-type", "application/octet-stream")
+    });
+    let proxy = limits_proxy(&origin, "send_timeout = \"1s\"\n");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading: the proxy's writes stall until the send timeout drops the client.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let read = closed_within(&mut stream, std::time::Duration::from_secs(10)).await;
+    let bytes = read.expect("the stalled client was still being served");
+    assert!(
+        bytes < 64 << 20,
+        "the whole body was delivered to a client that stopped reading"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_cancelling_its_streams_gets_goaway_enhance_your_calm() {
+    let origin = Origin::start().await;
+    origin.route("/slow", |_, _| {
+        Reply::ok("slow")
+            .header("cache-control", "no-store")
+            .delay(std::time::Duration::from_millis(300))
+    });
+    let proxy = limits_proxy(&origin, "h2c = true\n");
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    for i in 0..400 {
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
+        client = ready;
+        let request = http::Request::get(format!("http://a.test/slow?{i}"))
+            .body(())
+            .unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, true) else {
+            break;
+        };
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+    let error = ended
+        .expect("the connection stayed open")
+        .unwrap()
+        .expect_err("the connection ended without an error");
+    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error}");
+    assert!(sent < 400, "all {sent} streams were accepted");
+    assert!(
+        origin.hits("/slow") < 200,
+        "{} origin requests",
+        origin.hits("/slow")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_are_neither_retried_nor_held_against_the_origins() {
+    use tokio::io::AsyncWriteExt;
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    for origin in [&a, &b] {
+        origin.route("/wait", |_, _| {
+            Reply::ok("w")
+                .header("cache-control", "no-store")
+                .delay(std::time::Duration::from_millis(500))
+        });
+        origin.fixed("/ok", "no-store", "ok");
+    }
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"a.test\"]\norigins = [\"{}\", \"{}\"]\nretries = 1\neject_after_failures = 2\n",
+        a.addr, b.addr
+    ));
+    for _ in 0..12 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /wait HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let origin_requests = a.hits("/wait") + b.hits("/wait");
+    assert_eq!(origin_requests, 12, "abandoned requests were retried");
+    for _ in 0..4 {
+        let answer = raw_exchange_with(
+            proxy.addr,
+            b"GET /ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(
+        a.hits("/ok"),
+        2,
+        "an origin was ejected for its clients' hang-ups"
+    );
+    assert_eq!(b.hits("/ok"), 2);
+}

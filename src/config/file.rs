@@ -110,6 +110,20 @@ pub struct ServerSection {
     pub server_timing: bool,
     /// Name of this node in webhook events and the status page (default: the host name).
     pub node_name: Option<String>,
+    /// Time allowed for a client's request header to arrive in full.
+    pub client_header_timeout: HumanDuration,
+    /// Idle time allowed between a client's requests (HTTP/1.1 keep-alive, HTTP/2).
+    pub keepalive_timeout: HumanDuration,
+    /// Time allowed for a client's TLS ClientHello or HTTP/2 preface.
+    pub handshake_timeout: HumanDuration,
+    /// Time a write to a client may wait before the client is dropped.
+    pub send_timeout: HumanDuration,
+    /// Client connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Requests served on one client connection before it is closed.
+    pub max_requests_per_connection: u32,
 }
 
 /// Access-log line format.
@@ -143,6 +157,13 @@ impl Default for ServerSection {
             access_log_path: "stdout".into(),
             server_timing: false,
             node_name: None,
+            client_header_timeout: HumanDuration(Duration::from_secs(60)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(75)),
+            handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_requests_per_connection: 1_000,
         }
     }
 }

@@ -152,6 +152,27 @@ pub struct ServerSettings {
     pub server_timing: bool,
     /// This node's name in events and status.
     pub node_name: String,
+    /// Bounds on client connections.
+    pub clients: ClientLimits,
+}
+
+/// The bounds on client connections (`[server]`; enforced by `proxy::connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Time allowed for a request header to arrive in full.
+    pub header_timeout: Duration,
+    /// Idle time allowed between requests (HTTP/1.1 keep-alive, HTTP/2 without streams).
+    pub keepalive_timeout: Duration,
+    /// Time allowed for the TLS ClientHello or the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// Time a write to the client may wait (a client that stops reading).
+    pub send_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Requests served on one connection before it is closed (HTTP/1.1) or drained (HTTP/2).
+    pub max_requests_per_connection: u32,
 }
 
 /// Validated `[cache]`.
@@ -477,6 +498,7 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
             },
             server_timing: server.server_timing,
             node_name: server.node_name.clone().unwrap_or_else(host_name),
+            clients: client_limits(server, at)?,
         },
         cache: CacheSettings {
             max_memory: cache.max_memory.0,
@@ -496,6 +518,52 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
         webhooks: freeze_webhooks(&file.webhooks, at)?,
     })
 }
+
+/// The bounds on client connections, each checked to be usable.
+fn client_limits(server: &file::ServerSection, at: &Locator) -> Result<ClientLimits, ConfigError> {
+    let durations = [
+        ("client_header_timeout", server.client_header_timeout.0),
+        ("keepalive_timeout", server.keepalive_timeout.0),
+        ("handshake_timeout", server.handshake_timeout.0),
+        ("send_timeout", server.send_timeout.0),
+    ];
+    for (name, value) in durations {
+        if value < Duration::from_secs(1) || value > MAX_CLIENT_TIMEOUT {
+            return Err(at.error(&format!("server.{name}"), "must be between 1s and 1h"));
+        }
+    }
+    let counts = [
+        ("max_connections", server.max_connections),
+        ("max_connections_per_ip", server.max_connections_per_ip),
+        (
+            "max_requests_per_connection",
+            server.max_requests_per_connection as usize,
+        ),
+    ];
+    for (name, value) in counts {
+        if value == 0 || value > MAX_CLIENT_COUNT {
+            return Err(at.error(
+                &format!("server.{name}"),
+                format!("must be between 1 and {MAX_CLIENT_COUNT}"),
+            ));
+        }
+    }
+    Ok(ClientLimits {
+        header_timeout: server.client_header_timeout.0,
+        keepalive_timeout: server.keepalive_timeout.0,
+        handshake_timeout: server.handshake_timeout.0,
+        send_timeout: server.send_timeout.0,
+        max_connections: server.max_connections,
+        max_connections_per_ip: server.max_connections_per_ip,
+        max_requests_per_connection: server.max_requests_per_connection,
+    })
+}
+
+/// Longest client timeout accepted.
+const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest client connection or request count accepted.
+const MAX_CLIENT_COUNT: usize = 1_000_000;
 
 /// The machine's host name, the default node name.
 fn host_name() -> String {

@@ -5,8 +5,8 @@
 //! ([`crate::cache::vary`]), headers ([`headers`]) and `Cache-Status` ([`cache_status`]).
 
 pub mod cache_status;
+pub mod connections;
 pub mod ctx;
-pub mod draining;
 pub mod headers;
 pub mod routing;
 pub mod runtime;
@@ -399,6 +399,12 @@ impl ProxyHttp for EdgeProxy {
     /// per-request bookkeeping costs hit throughput for nothing.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    /// The request header is in: its deadline no longer applies.
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        connections::header_received();
+        Ok(())
+    }
+
     /// Routes the request to a site, or answers 400/404.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.route(session, ctx).await
@@ -712,6 +718,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if is_client_fault(&e) {
+            e.set_retry(false);
+            return e;
+        }
         ctx.upstream.last_error = Some(e.etype().clone());
         if let Some(site) = self.site(ctx) {
             site.origins.record(&peer._address.to_string(), false);
@@ -736,6 +746,12 @@ impl ProxyHttp for EdgeProxy {
         upstream_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("origin {peer}"));
+        if is_client_fault(&e) {
+            // The client went away or misbehaved: not the origin's fault, and nobody is left
+            // to retry for.
+            e.set_retry(false);
+            return e;
+        }
         ctx.upstream.last_error = Some(e.etype().clone());
         let idempotent =
             session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
@@ -797,8 +813,21 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    /// Counts and logs the request; a request its client abandoned counts towards the
+    /// connection's reset-flood check.
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if error.is_some_and(is_client_fault) {
+            self.metrics.clients.client_error();
+            connections::client_cancelled();
+        }
         self.record_request(session, error, ctx);
+    }
+
+    /// Failures caused by clients (resets, closed connections, bad requests) are routine at an
+    /// edge: they are counted, and logged at debug level only, so junk traffic cannot flood
+    /// the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        is_client_fault(error)
     }
 }
 
@@ -846,6 +875,11 @@ fn keep_stored_etag(not_modified: &mut ResponseHeader, stored: Option<&CacheMeta
     if same_tag {
         not_modified.remove_header(&http::header::ETAG);
     }
+}
+
+/// An error caused by the client side of the request, never by an origin.
+fn is_client_fault(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
 }
 
 /// The status sent to the client for a proxying error (0: the client is gone, send nothing).

@@ -1,0 +1,522 @@
+//! Client connections: how many there may be, how long each may take, and what each may cost.
+//!
+//! pingora serves a connection for as long as its client likes: reads time out per read (so a
+//! client trickling a header byte at a time is never dropped), an HTTP/1.1 keep-alive connection
+//! waits forever for its next request, an HTTP/2 connection with no stream and a cleartext client
+//! that never finishes the HTTP/2 preface are kept, and there is no limit on connections. This
+//! module wraps the HTTP application with the bounds an edge needs:
+//!
+//! - at most `max_connections` client connections, and `max_connections_per_ip` per address;
+//!   beyond them a new connection is closed at once and counted;
+//! - a deadline for each request header (`client_header_timeout`; on a reused connection the
+//!   keep-alive wait comes on top), an idle timeout between requests (`keepalive_timeout`, HTTP/1.1
+//!   and HTTP/2), a deadline for the TLS ClientHello and the HTTP/2 preface
+//!   (`handshake_timeout`), and a send timeout for clients that stop reading (`send_timeout`);
+//! - at most `max_requests_per_connection` requests per connection, and an HTTP/2 connection
+//!   whose client cancels at least half of its streams (past [`RESET_FLOOD_MIN_STREAMS`]) is
+//!   closed with `GOAWAY(ENHANCE_YOUR_CALM)`: the "rapid reset" attack;
+//! - pipelined HTTP/1.1 requests are answered in order.
+//!
+//! On shutdown, connections accepted just before it are still served: pingora drops every
+//! connection waiting for its request header at once, so the cleanup is delayed by [`SETTLE`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::http::v2::server::{self as h2_server, H2Accept, HttpSession as H2Session};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{Digest, GetSocketDigest, Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+use crate::config::ClientLimits;
+use crate::metrics::ClientCounters;
+
+/// How long connections without a request yet are kept after the listeners close.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Streams an HTTP/2 connection must have opened before its cancellations are judged.
+pub const RESET_FLOOD_MIN_STREAMS: usize = 100;
+
+/// Rejected (malformed) HTTP/2 streams tolerated per connection, as pingora's own accept loop.
+const MAX_REJECTED_STREAMS: usize = 32;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Largest TLS record a ClientHello arrives in (2^14 plus expansion, RFC 8446 §5.2).
+const MAX_TLS_RECORD: usize = 16_384 + 2_048;
+
+/// The open connections, in total and per client address.
+pub struct ConnectionTable {
+    limits: ClientLimits,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    counters: Arc<ClientCounters>,
+}
+
+impl ConnectionTable {
+    /// A table enforcing `limits`, counting into `counters`.
+    pub fn new(limits: ClientLimits, counters: Arc<ClientCounters>) -> Arc<ConnectionTable> {
+        Arc::new(ConnectionTable {
+            limits,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            counters,
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` (counted) when a limit is reached.
+    fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.counters.refused();
+            return None;
+        }
+        self.counters.set_open(self.open());
+        // Dropping the slot on refusal gives the place back.
+        let mut slot = Slot {
+            table: self.clone(),
+            ip: None,
+        };
+        let Some(ip) = ip else { return Some(slot) };
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.limits.max_connections_per_ip {
+            drop(per_ip);
+            self.counters.refused();
+            return None;
+        }
+        *count += 1;
+        slot.ip = Some(ip);
+        Some(slot)
+    }
+
+    /// Whether a connection from `ip` would be admitted now (checked before a TLS handshake).
+    fn has_room(&self, ip: Option<IpAddr>) -> bool {
+        if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+            return false;
+        }
+        let per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        ip.is_none_or(|ip| per_ip.get(&ip).copied().unwrap_or(0) < self.limits.max_connections_per_ip)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection; frees its place when dropped.
+struct Slot {
+    table: Arc<ConnectionTable>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table.open.fetch_sub(1, Ordering::AcqRel);
+        self.table.counters.set_open(self.table.open());
+        let Some(ip) = self.ip else { return };
+        let mut per_ip = self.table.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Set once the request header of the request being served has been read.
+    static HEADER_READ: Cell<bool>;
+    /// The HTTP/2 connection the stream being served belongs to.
+    static H2_STREAMS: Arc<StreamTally>;
+}
+
+/// Called by the proxy once a request header has been read: stops the header deadline.
+pub fn header_received() {
+    let _ = HEADER_READ.try_with(|read| read.set(true));
+}
+
+/// Called by the proxy when a request ended because its client went away (an HTTP/2 stream
+/// reset, a closed connection): counts towards the connection's reset-flood check.
+pub fn client_cancelled() {
+    let _ = H2_STREAMS.try_with(|tally| tally.cancelled());
+}
+
+/// Streams of one HTTP/2 connection: opened, cancelled by the client, in flight.
+#[derive(Default)]
+struct StreamTally {
+    opened: AtomicUsize,
+    cancelled: AtomicUsize,
+    active: AtomicUsize,
+    idle: Notify,
+    flood: Notify,
+}
+
+impl StreamTally {
+    fn cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::AcqRel) + 1;
+        if is_reset_flood(self.opened.load(Ordering::Acquire), cancelled) {
+            self.flood.notify_one();
+        }
+    }
+
+    /// Resolves once no stream has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            while self.active.load(Ordering::Acquire) != 0 {
+                self.idle.notified().await;
+            }
+            let busy_again = self.idle.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {
+                    if self.active.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                }
+                _ = busy_again => {}
+            }
+        }
+    }
+}
+
+/// A connection whose client cancelled at least half of its streams, once it opened enough of
+/// them for the share to mean something (Envoy's premature-reset rule, minus the time window).
+fn is_reset_flood(opened: usize, cancelled: usize) -> bool {
+    opened >= RESET_FLOOD_MIN_STREAMS && cancelled * 2 >= opened
+}
+
+/// Marks a stream in flight while it lives.
+struct ActiveStream(Arc<StreamTally>);
+
+impl ActiveStream {
+    fn start(tally: &Arc<StreamTally>) -> ActiveStream {
+        tally.active.fetch_add(1, Ordering::AcqRel);
+        tally.idle.notify_waiters();
+        ActiveStream(tally.clone())
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Wraps an HTTP application with the client-connection bounds of [`ClientLimits`].
+pub struct ClientConnections<A> {
+    app: Arc<A>,
+    table: Arc<ConnectionTable>,
+    h2c: bool,
+}
+
+impl<A> ClientConnections<A> {
+    /// `app` behind the limits of `table`; `h2c` accepts cleartext HTTP/2 by prior knowledge.
+    pub fn new(app: A, table: Arc<ConnectionTable>, h2c: bool) -> ClientConnections<A> {
+        ClientConnections {
+            app: Arc::new(app),
+            table,
+            h2c,
+        }
+    }
+
+    fn limits(&self) -> &ClientLimits {
+        &self.table.limits
+    }
+
+    /// HTTP/2 or not: by ALPN over TLS, by the preface on cleartext with h2c (which must arrive
+    /// within the handshake timeout). `None`: the client sent nothing usable in time.
+    async fn speaks_h2(&self, stream: &mut Stream) -> Option<bool> {
+        if stream.get_ssl_digest().is_some() {
+            return Some(matches!(stream.selected_alpn_proto(), Some(ALPN::H2)));
+        }
+        if !self.h2c {
+            return Some(false);
+        }
+        let mut preface = [0u8; H2_PREFACE.len()];
+        let deadline = self.limits().handshake_timeout;
+        match tokio::time::timeout(deadline, stream.try_peek(&mut preface)).await {
+            Ok(Ok(true)) => Some(preface == H2_PREFACE),
+            Ok(Ok(false)) => Some(false),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                self.table.counters.timed_out("handshake");
+                None
+            }
+        }
+    }
+}
+
+impl<A> ClientConnections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Serves HTTP/1.x requests one after the other, pipelined ones in order.
+    async fn serve_h1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let limits = self.limits();
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive_reuses_remaining(Some(limits.max_requests_per_connection.saturating_sub(1)));
+        session.set_pipelining_enabled(true);
+        let mut header_deadline = limits.header_timeout;
+        loop {
+            let keepalive = (!*shutdown.borrow()).then(|| limits.keepalive_timeout.as_secs().max(1));
+            session.set_keepalive(keepalive);
+            session.set_write_timeout(Some(limits.send_timeout));
+            let Some(reused) = self.serve_one(session, header_deadline, shutdown).await else {
+                return;
+            };
+            let (stream, persistent) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent {
+                persistent.apply_to_session(&mut session);
+            }
+            header_deadline = limits.keepalive_timeout + limits.header_timeout;
+        }
+    }
+
+    /// One HTTP/1.x request, dropped if its header is not complete within `header_deadline`.
+    async fn serve_one(
+        &self,
+        session: ServerSession,
+        header_deadline: Duration,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        HEADER_READ
+            .scope(Cell::new(false), async {
+                let deadline = async {
+                    tokio::time::sleep(header_deadline).await;
+                    if HEADER_READ.with(Cell::get) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    reused = self.app.process_new_http(session, shutdown) => reused,
+                    _ = deadline => {
+                        self.table.counters.timed_out("header");
+                        None
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Serves an HTTP/2 connection: streams in their own tasks, closed when idle, drained after
+    /// `max_requests_per_connection` streams, cut with `ENHANCE_YOUR_CALM` on a reset flood.
+    async fn serve_h2(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let limits = self.limits();
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let handshake = h2_server::handshake(stream, self.app.h2_options());
+        let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.table.counters.timed_out("handshake");
+                return;
+            }
+        };
+        let tally = Arc::new(StreamTally::default());
+        let mut shutdown_watch = shutdown.clone();
+        let mut draining = false;
+        let mut rejected = 0;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown_watch.changed(), if !draining => {
+                    conn.graceful_shutdown();
+                    draining = true;
+                    continue;
+                }
+                _ = tally.flood.notified() => {
+                    self.table.counters.reset_flood();
+                    tracing::debug!("HTTP/2 client cancels most of its streams: closing the connection");
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    let flush = H2Session::from_h2_conn(&mut conn, digest.clone());
+                    let _ = tokio::time::timeout(limits.handshake_timeout, flush).await;
+                    return;
+                }
+                next = H2Session::from_h2_conn(&mut conn, digest.clone()) => next,
+                _ = tally.idle_for(limits.keepalive_timeout), if !draining => {
+                    self.table.counters.timed_out("idle");
+                    return;
+                }
+            };
+            match next {
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended");
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(H2Accept::Rejected)) => {
+                    rejected += 1;
+                    if rejected > MAX_REJECTED_STREAMS {
+                        conn.abrupt_shutdown(h2::Reason::PROTOCOL_ERROR);
+                        return;
+                    }
+                }
+                Ok(Some(H2Accept::Session(session))) => {
+                    let opened = tally.opened.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.spawn_stream(session, &tally, shutdown);
+                    if opened >= limits.max_requests_per_connection as usize && !draining {
+                        conn.graceful_shutdown();
+                        draining = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one HTTP/2 stream in its own task, counted in flight and in the connection's tally.
+    fn spawn_stream(&self, session: H2Session, tally: &Arc<StreamTally>, shutdown: &ShutdownWatch) {
+        let app = self.app.clone();
+        let shutdown = shutdown.clone();
+        let active = ActiveStream::start(tally);
+        let tally = tally.clone();
+        let send_timeout = self.limits().send_timeout;
+        tokio::spawn(H2_STREAMS.scope(tally, async move {
+            let _active = active;
+            let mut session = ServerSession::new_http2(session);
+            session.set_write_timeout(Some(send_timeout));
+            app.process_new_http(session, &shutdown).await;
+        }));
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for ClientConnections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let ip = peer_ip(stream.get_socket_digest().as_deref());
+        let _slot = self.table.admit(ip)?;
+        match self.speaks_h2(&mut stream).await? {
+            true => self.serve_h2(stream, shutdown).await,
+            false => self.serve_h1(stream, shutdown).await,
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        tokio::time::sleep(SETTLE).await;
+        self.app.http_cleanup().await;
+    }
+}
+
+/// The client address of a connection.
+fn peer_ip(digest: Option<&pingora::protocols::SocketDigest>) -> Option<IpAddr> {
+    digest?.peer_addr()?.as_inet().map(|addr| addr.ip())
+}
+
+/// Before a TLS handshake: refuses a client over its limits, and drops one whose ClientHello does
+/// not arrive within the handshake timeout (pingora bounds the whole handshake at 60 s only).
+pub struct ClientHelloDeadline {
+    table: Arc<ConnectionTable>,
+}
+
+impl ClientHelloDeadline {
+    /// The check for connections counted in `table`.
+    pub fn new(table: Arc<ConnectionTable>) -> ClientHelloDeadline {
+        ClientHelloDeadline { table }
+    }
+}
+
+#[async_trait]
+impl PreTlsProcess for ClientHelloDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        use pingora::{Error, ErrorType};
+        let ip = peer_ip(stream.get_socket_digest().as_deref());
+        if !self.table.has_room(ip) {
+            self.table.counters.refused();
+            return Error::e_explain(ErrorType::AcceptError, "client connection limit reached");
+        }
+        let deadline = self.table.limits.handshake_timeout;
+        match tokio::time::timeout(deadline, read_client_hello(stream)).await {
+            Ok(Ok(record)) => {
+                stream.rewind(&record);
+                Ok(())
+            }
+            Ok(Err(e)) => Error::e_because(ErrorType::HandshakeError, "reading the ClientHello", e),
+            Err(_) => {
+                self.table.counters.timed_out("handshake");
+                Error::e_explain(ErrorType::TLSHandshakeTimedout, "no ClientHello in time")
+            }
+        }
+    }
+}
+
+/// Reads the first TLS record (the ClientHello) whole.
+async fn read_client_hello(stream: &mut L4Stream) -> std::io::Result<Vec<u8>> {
+    let mut record = vec![0u8; 5];
+    stream.read_exact(&mut record).await?;
+    let length = usize::from(u16::from_be_bytes([record[3], record[4]])).min(MAX_TLS_RECORD);
+    record.resize(5 + length, 0);
+    stream.read_exact(&mut record[5..]).await?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize, per_ip: usize) -> Arc<ConnectionTable> {
+        let limits = ClientLimits {
+            header_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
+            max_connections: max,
+            max_connections_per_ip: per_ip,
+            max_requests_per_connection: 10,
+        };
+        ConnectionTable::new(limits, Arc::default())
+    }
+
+    #[test]
+    fn limits_hold_in_total_and_per_address_and_free_on_drop() {
+        let table = table(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = table.admit(Some(a)).unwrap();
+        let _second = table.admit(Some(a)).unwrap();
+        assert!(table.admit(Some(a)).is_none(), "per-address limit");
+        let _third = table.admit(Some(b)).unwrap();
+        assert!(table.admit(Some(b)).is_none(), "total limit");
+        assert_eq!(table.open(), 3);
+        drop(first);
+        assert!(table.has_room(Some(a)));
+        assert!(table.admit(Some(a)).is_some());
+        assert_eq!(table.counters.refused_total(), 2);
+    }
+
+    #[test]
+    fn a_flood_is_half_the_streams_cancelled_past_the_minimum() {
+        let min = RESET_FLOOD_MIN_STREAMS;
+        assert!(!is_reset_flood(min - 1, min - 1), "too few streams to judge");
+        assert!(!is_reset_flood(min, min / 2 - 1));
+        assert!(is_reset_flood(min, min / 2));
+        assert!(is_reset_flood(10 * min, 10 * min));
+        assert!(!is_reset_flood(10 * min, min));
+    }
+}
