@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::AccessLogFormat;
+use crate::lazy_thread::LazyThread;
 
 /// Lines waiting for the writer thread before new ones are dropped.
 pub const QUEUE_LINES: usize = 16 * 1024;
@@ -61,10 +62,13 @@ pub struct Record<'a> {
 pub struct AccessLog {
     format: AccessLogFormat,
     lines: SyncSender<String>,
+    /// Started by the first line, in the process that serves (see [`LazyThread`]).
+    writer: LazyThread,
 }
 
 impl AccessLog {
-    /// Opens `path` (`stdout`, `stderr` or a file, appended to) and starts its writer thread.
+    /// Opens `path` (`stdout`, `stderr` or a file, appended to); its writer thread starts with
+    /// the first line.
     pub fn open(path: &Path, format: AccessLogFormat) -> io::Result<AccessLog> {
         let destination: Box<dyn Write + Send> = match path.to_str() {
             Some("stdout") => Box::new(io::stdout()),
@@ -73,14 +77,19 @@ impl AccessLog {
         };
         let (lines, queue) = sync_channel(QUEUE_LINES);
         let name = PathBuf::from(path).display().to_string();
-        std::thread::Builder::new()
-            .name("edgecache-access-log".into())
-            .spawn(move || write_lines(queue, BufWriter::new(destination), &name))?;
-        Ok(AccessLog { format, lines })
+        let writer = LazyThread::new("edgecache-access-log", move || {
+            write_lines(queue, BufWriter::new(destination), &name)
+        });
+        Ok(AccessLog {
+            format,
+            lines,
+            writer,
+        })
     }
 
     /// Queues one line for `record`.
     pub fn log(&self, record: &Record) {
+        self.writer.ensure_started();
         let line = match self.format {
             AccessLogFormat::Json => serde_json::to_string(record).unwrap_or_default(),
             AccessLogFormat::Combined => combined(record),

@@ -27,6 +27,7 @@ pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod lazy_thread;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -49,7 +49,9 @@ fn check_listen_addresses_free(config: &Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // A daemon changes its working directory: keep the config reachable for reloads.
+    cli.config = cli.config.map(|path| path.canonicalize().unwrap_or(path));
     let config = match load(&cli) {
         Ok(config) => config,
         Err(e) => {

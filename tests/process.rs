@@ -235,3 +235,110 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A daemonized proxy, stopped (SIGTERM by pid) when dropped.
+struct Daemon {
+    pid_file: PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the daemon wrote its pid file");
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {pid}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.pid().is_some() {
+            self.signal("INT");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_writes_its_access_log_recompresses_brotli_and_reloads_a_relative_config() {
+    let origin = Origin::start().await;
+    let page = "<p>daemon mode keeps its background work</p>\n".repeat(200);
+    origin.route("/page", move |_, _| {
+        Reply::ok(page.clone())
+            .header("cache-control", "max-age=600")
+            .header("content-type", "text/html")
+            .header("etag", "\"v1\"")
+    });
+    origin.fixed("/b", "no-store", "site b");
+    let dir = temp_dir("daemon");
+    let listen = free_port();
+    let config = |hosts: &str| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nthreads = 1\naccess_log = true\naccess_log_path = \"access.log\"\n\
+             pid_file = {:?}\nupgrade_sock = {:?}\n[[site]]\nhosts = [{hosts}]\norigins = [\"{}\"]\n",
+            dir.join("edgecache.pid"),
+            dir.join("upgrade.sock"),
+            origin.addr
+        )
+    };
+    std::fs::write(dir.join("edgecache.toml"), config("\"127.0.0.1\"")).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .current_dir(&dir)
+        .args(["-d", "--config", "edgecache.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let daemon = Daemon {
+        pid_file: dir.join("edgecache.pid"),
+    };
+    wait_until_listening(listen);
+
+    let client = common::client();
+    let br_etag = || async {
+        let resp = client
+            .get(format!("http://{listen}/page"))
+            .header("accept-encoding", "br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-encoding"], "br");
+        resp.headers()["etag"].to_str().unwrap().to_string()
+    };
+    assert!(br_etag().await.starts_with("W/"), "the first brotli pass is weak");
+    let upgraded = common::eventually(Duration::from_secs(10), || {
+        !common::block_on(br_etag()).starts_with("W/")
+    })
+    .await;
+    assert!(upgraded, "the background brotli recompression never ran");
+    let logged = common::eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("access.log")).is_ok_and(|log| log.contains("/page"))
+    })
+    .await;
+    assert!(logged, "no access-log line was written");
+
+    std::fs::write(dir.join("edgecache.toml"), config("\"127.0.0.1\", \"b.test\"")).unwrap();
+    daemon.signal("HUP");
+    let reloaded = common::eventually(Duration::from_secs(10), || {
+        let resp = common::block_on(
+            client
+                .get(format!("http://{listen}/b"))
+                .header("host", "b.test")
+                .send(),
+        );
+        resp.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(reloaded, "the reload of a relative config path failed");
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
+use crate::lazy_thread::LazyThread;
 
 /// Bookkeeping bytes charged per entry on top of its bodies, headers and key: the entry itself,
 /// its `Arc`, the moka node and hash-table slot.
@@ -235,6 +236,8 @@ pub struct MokaStorage {
     max_decoded: usize,
     /// Queue of entries whose brotli body the background thread recompresses.
     upgrades: Option<SyncSender<HashBinary>>,
+    /// The thread that does the recompression, started when the first entry is queued.
+    upgrader: std::sync::OnceLock<crate::lazy_thread::LazyThread>,
     /// Entries evicted to stay within the memory bound.
     evictions: Arc<AtomicU64>,
 }
@@ -348,6 +351,7 @@ impl MokaStorage {
             compression: ArcSwap::from_pointee(CompressionPolicy::new(&CompressionSettings::default())),
             max_decoded: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             upgrades: None,
+            upgrader: std::sync::OnceLock::new(),
         }
     }
 
@@ -364,8 +368,8 @@ impl MokaStorage {
         self.compression.store(Arc::new(policy));
     }
 
-    /// Leaks the storage so it can be handed to pingora, and starts the background brotli
-    /// recompression thread when the policy asks for one.
+    /// Leaks the storage so it can be handed to pingora, with a background brotli
+    /// recompression thread (started on first use) when the policy asks for one.
     pub fn leak(mut self) -> &'static MokaStorage {
         let (sender, receiver) = sync_channel(UPGRADE_QUEUE);
         let policy = self.compression.load();
@@ -376,12 +380,8 @@ impl MokaStorage {
         }
         let storage: &'static MokaStorage = Box::leak(Box::new(self));
         if upgrading {
-            let spawned = std::thread::Builder::new()
-                .name("edgecache-brotli".into())
-                .spawn(move || storage.run_upgrades(receiver));
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "no background brotli recompression");
-            }
+            let thread = LazyThread::new("edgecache-brotli", move || storage.run_upgrades(receiver));
+            let _ = storage.upgrader.set(thread);
         }
         storage
     }
@@ -462,6 +462,9 @@ impl MokaStorage {
     fn queue_upgrade(&self, hash: HashBinary, entry: &Entry) {
         let Some(upgrades) = &self.upgrades else { return };
         if entry.variants.brotli_upgradable && !entry.upgrade_queued.swap(true, Ordering::Relaxed) {
+            if let Some(thread) = self.upgrader.get() {
+                thread.ensure_started();
+            }
             // A full queue skips the upgrade: the fast brotli body stays, which is fine.
             let _ = upgrades.try_send(hash);
         }
