@@ -265,7 +265,7 @@ impl Metrics {
             ),
             client_gauges: gauge_vec(
                 "edgecache_client_events",
-                "Client connections: open now; refused at a limit, closed by a header, idle or handshake deadline, closed for an HTTP/2 reset flood, and requests failed by their client, since start",
+                "Client connections: open now; refused at a limit, closed by a header, idle or handshake deadline, closed for an HTTP/2 reset flood, requests failed by their client, and client-caused error lines kept out of the log, since start",
                 &["event"],
             ),
             clients: std::sync::Arc::default(),
@@ -347,6 +347,10 @@ impl Metrics {
             let value = value.load(Ordering::Relaxed) as f64;
             self.client_gauges.with_label_values(&[event]).set(value);
         }
+        let suppressed = crate::logging::suppressed_client_errors() as f64;
+        self.client_gauges
+            .with_label_values(&["log_suppressed"])
+            .set(suppressed);
     }
 
     /// The Prometheus text exposition of every metric, state gauges read now.

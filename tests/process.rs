@@ -342,3 +342,63 @@ async fn a_daemon_writes_its_access_log_recompresses_brotli_and_reloads_a_relati
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_tls_clients_are_dropped_quickly_without_flooding_the_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let dir = temp_dir("junk-tls");
+    let certificate = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    std::fs::write(dir.join("a.pem"), certificate.cert.pem()).unwrap();
+    std::fs::write(dir.join("a.key"), certificate.key_pair.serialize_pem()).unwrap();
+    let (listen, tls) = (free_port(), free_port());
+    let config = dir.join("edgecache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nlisten_tls = [\"{tls}\"]\nthreads = 1\naccess_log = false\n\
+             handshake_timeout = \"1s\"\nupgrade_sock = {:?}\n\
+             [[site]]\nhosts = [\"a.test\"]\norigins = [\"{}\"]\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\n",
+            dir.join("upgrade.sock"),
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let proxy = Running::start(&config, &[]);
+    wait_until_listening(tls);
+    for _ in 0..50 {
+        let mut junk = tokio::net::TcpStream::connect(tls).await.unwrap();
+        junk.write_all(b"\x16\x03\x01\x00\x08notahello").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), junk.read_to_end(&mut rest)).await;
+    }
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let mut nothing = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut nothing)).await;
+    assert!(closed.is_ok(), "a client without a ClientHello was kept");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The log keeps serving as a log: a marker line shows everything before it was read.
+    let marker = reqwest::get(format!("http://{listen}/marker")).await.unwrap();
+    assert_eq!(marker.status(), 404);
+    proxy.signal("HUP");
+    let mut errors = Vec::new();
+    loop {
+        let line = proxy
+            .logs
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reload is logged");
+        if line.contains("config reloaded") {
+            break;
+        }
+        if line.contains("ERROR") {
+            errors.push(line);
+        }
+    }
+    assert!(errors.len() < 5, "{} ERROR lines: {errors:?}", errors.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
