@@ -30,8 +30,8 @@ use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An origin address could not be turned into a backend.
-    #[error("cannot set up origins: {0}")]
+    /// A site's origins or the access log could not be set up.
+    #[error("cannot set up sites and logging: {0}")]
     Origins(#[from] std::io::Error),
     /// A TLS listener could not be set up.
     #[error("cannot set up TLS listener: {0}")]

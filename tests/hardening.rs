@@ -197,14 +197,27 @@ async fn h2c_clients_that_stall_in_the_preface_or_stay_idle_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_per_address_limit_are_refused_and_places_come_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start().await;
     origin.fixed("/c", "max-age=60", "c");
     let proxy = limits_proxy(&origin, "max_connections_per_ip = 3\n");
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+        // A request answered on each shows it was admitted; each then stays open, idle.
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /c HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nc") {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "a held connection was closed");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        held.push(stream);
     }
-    // Each held connection is admitted (and waits for its request) before the next is made.
     let request = b"GET /c HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
     let eventually_refused = common::eventually(std::time::Duration::from_secs(5), || {
         let answer = common::block_on(raw_exchange_with(proxy.addr, request));

@@ -434,9 +434,8 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
     if server.listen.is_empty() {
         return Err(at.error("server.listen", "at least one listen address is required"));
     }
-    if server.threads == 0 {
-        return Err(at.error("server.threads", "must be at least 1"));
-    }
+    check_server_bounds(server, at)?;
+    check_cache_bounds(&file.cache, at)?;
     if !is_token(&server.via) {
         return Err(at.error("server.via", "must be a single word of visible characters"));
     }
@@ -464,8 +463,14 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
     }
     let mut sites = Vec::with_capacity(file.sites.len());
     for (index, site) in file.sites.iter().enumerate() {
+        check_site_bounds(site, index, at)?;
         sites.push(freeze_site(site, index, at)?);
     }
+    let access_log_path = match server.access_log_path.as_str() {
+        "stdout" | "stderr" => PathBuf::from(&server.access_log_path),
+        path => at.relative(Path::new(path)),
+    };
+    check_access_log(server, &access_log_path, at)?;
     check_hosts_unique(&sites, at)?;
     if sites.iter().filter(|s| s.default).count() > 1 {
         let second = sites.iter().enumerate().filter(|(_, s)| s.default).nth(1);
@@ -492,10 +497,7 @@ fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigError> {
             pid_file: server.pid_file.clone(),
             access_log: server.access_log,
             access_log_format: server.access_log_format,
-            access_log_path: match server.access_log_path.as_str() {
-                "stdout" | "stderr" => PathBuf::from(&server.access_log_path),
-                path => at.relative(Path::new(path)),
-            },
+            access_log_path,
             server_timing: server.server_timing,
             node_name: server.node_name.clone().unwrap_or_else(host_name),
             clients: client_limits(server, at)?,
@@ -564,6 +566,151 @@ const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Largest client connection or request count accepted.
 const MAX_CLIENT_COUNT: usize = 1_000_000;
+
+/// A duration bound: `key` must lie within `min..=max` (both inclusive).
+fn check_duration(
+    at: &Locator,
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(at.error(
+            key,
+            format!(
+                "{} is out of range: expected {} to {}",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A count bound: `key` must lie within `min..=max`.
+fn check_count(at: &Locator, key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(at.error(key, format!("{value} is out of range: expected {min} to {max}")));
+    }
+    Ok(())
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+/// Process-wide settings within bounds a running server can honour.
+fn check_server_bounds(server: &file::ServerSection, at: &Locator) -> Result<(), ConfigError> {
+    check_count(at, "server.threads", server.threads, 1, 1024)?;
+    check_count(
+        at,
+        "server.origin_pool_size",
+        server.origin_pool_size,
+        0,
+        1_000_000,
+    )?;
+    check_duration(
+        at,
+        "server.grace_period",
+        server.grace_period.0,
+        Duration::ZERO,
+        HOUR,
+    )?;
+    check_duration(
+        at,
+        "server.graceful_shutdown_timeout",
+        server.graceful_shutdown_timeout.0,
+        Duration::ZERO,
+        HOUR,
+    )
+}
+
+/// Cache durations within bounds (a zero lock timeout would disable coalescing silently).
+fn check_cache_bounds(cache: &file::CacheSection, at: &Locator) -> Result<(), ConfigError> {
+    check_duration(at, "cache.lock_timeout", cache.lock_timeout.0, MILLISECOND, HOUR)?;
+    let windows = [
+        ("cache.stale_while_revalidate", cache.stale_while_revalidate.0),
+        ("cache.stale_if_error", cache.stale_if_error.0),
+        ("cache.heuristic_max", cache.heuristic_max.0),
+        ("cache.keep_stale", cache.keep_stale.0),
+    ];
+    for (key, value) in windows {
+        check_duration(at, key, value, Duration::ZERO, YEAR)?;
+    }
+    Ok(())
+}
+
+/// A site's timeouts, retries and ejection settings within usable bounds: a zero timeout would
+/// fail every request, a huge one would hold connections forever.
+fn check_site_bounds(site: &SiteSection, index: usize, at: &Locator) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("site[{index}].{field}");
+    let timeouts = [
+        ("connect_timeout", site.connect_timeout.0),
+        ("read_timeout", site.read_timeout.0),
+        ("write_timeout", site.write_timeout.0),
+    ];
+    for (field, value) in timeouts {
+        check_duration(at, &key(field), value, MILLISECOND, HOUR)?;
+    }
+    if let Some(total) = site.total_timeout {
+        check_duration(at, &key("total_timeout"), total.0, MILLISECOND, DAY)?;
+    }
+    check_duration(
+        at,
+        &key("origin_idle_timeout"),
+        site.origin_idle_timeout.0,
+        Duration::ZERO,
+        DAY,
+    )?;
+    check_duration(at, &key("eject_for"), site.eject_for.0, Duration::ZERO, DAY)?;
+    check_count(at, &key("retries"), site.retries, 0, 16)?;
+    check_count(
+        at,
+        &key("eject_after_failures"),
+        site.eject_after_failures,
+        0,
+        1_000_000,
+    )?;
+    if let Some(check) = &site.health_check {
+        check_duration(
+            at,
+            &key("health_check.interval"),
+            check.interval.0,
+            MILLISECOND,
+            DAY,
+        )?;
+        check_duration(
+            at,
+            &key("health_check.timeout"),
+            check.timeout.0,
+            MILLISECOND,
+            HOUR,
+        )?;
+    }
+    Ok(())
+}
+
+/// The access log's file can be opened for appending (checked now, so `--check` and a reload
+/// report it with its key instead of failing later).
+fn check_access_log(server: &file::ServerSection, path: &Path, at: &Locator) -> Result<(), ConfigError> {
+    if !server.access_log || matches!(server.access_log_path.as_str(), "stdout" | "stderr") {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            at.error(
+                "server.access_log_path",
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })
+}
 
 /// The machine's host name, the default node name.
 fn host_name() -> String {

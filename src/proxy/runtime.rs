@@ -94,10 +94,16 @@ impl Runtime {
             purge_allow: config.server.purge_allow.clone(),
             server_timing: config.server.server_timing,
             access_log: match config.server.access_log {
-                true => Some(AccessLog::open(
-                    &config.server.access_log_path,
-                    config.server.access_log_format,
-                )?),
+                true => Some(
+                    AccessLog::open(&config.server.access_log_path, config.server.access_log_format)
+                        .map_err(|e| {
+                            let path = config.server.access_log_path.display();
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("server.access_log_path: cannot open {path}: {e}"),
+                            )
+                        })?,
+                ),
                 false => None,
             },
             admin_token: config.admin.as_ref().map(|a| a.token.clone()),
