@@ -62,7 +62,7 @@ impl AdminApi {
         let Some(value) = session.req_header().headers.get(http::header::AUTHORIZATION) else {
             return false;
         };
-        let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        let Some(presented) = bearer_credentials(value.as_bytes()) else {
             return false;
         };
         let runtime = self.runtime.load();
@@ -290,6 +290,17 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u
 
 fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     json_response(status, json!({ "error": message }))
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110 §11.1) and may be followed by several spaces.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value[7..].trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.

@@ -347,3 +347,107 @@ async fn clients_that_hang_up_are_neither_retried_nor_held_against_the_origins()
     );
     assert_eq!(b.hits("/ok"), 2);
 }
+
+/// An origin on loopback that answers every request with the raw `response` and closes; returns
+/// its address and the raw request heads it received.
+async fn raw_origin(
+    response: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).into_owned());
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// An HTTP/1.0 origin answering every request with a cacheable HTML body and closing.
+async fn http10_origin() -> std::net::SocketAddr {
+    let response = "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nCache-Control: max-age=60\r\n\r\n<p>an old origin speaks HTTP/1.0 </p>";
+    raw_origin(response).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_from_an_http10_origin_reach_http11_clients_as_http11() {
+    let origin = http10_origin().await;
+    let proxy = Proxy::start(&format!(
+        "[compression]\nmin_size = 16\n[[site]]\nhosts = [\"a.test\"]\norigins = [\"{origin}\"]\n"
+    ));
+    for (path, accept) in [
+        ("/old", "identity"),
+        ("/old", "identity"),
+        ("/old", "gzip"),
+        ("/new", "gzip"),
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: {accept}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_exchange_with(proxy.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{accept}: {answer}");
+    }
+    let answer = raw_exchange_with(proxy.addr, b"GET /fresh HTTP/1.0\r\nHost: a.test\r\n\r\n").await;
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("</p>"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_repeated_content_lengths_reach_the_origin_as_one() {
+    let (origin, heads) =
+        raw_origin("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"a.test\"]\norigins = [\"{origin}\"]\n"
+    ));
+    let request = b"POST /post HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let answer = raw_exchange_with(proxy.addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert_eq!(head.matches("content-length").count(), 1, "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (origin, proxy) = host_echo().await;
+    for path in ["/one", "/two", "/three"] {
+        origin.route(path, move |_, _| {
+            Reply::ok(path).header("cache-control", "no-store")
+        });
+    }
+    let pipelined = b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost: a.test\r\n\r\nGET /three HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange_with(proxy.addr, pipelined).await;
+    let statuses = answer.matches("HTTP/1.1 200").count();
+    assert_eq!(statuses, 3, "{answer}");
+    let (one, two, three) = (answer.find("/one"), answer.find("/two"), answer.find("/three"));
+    assert!(one < two && two < three, "{answer}");
+}
+
+#[test]
+fn the_default_site_needs_no_hosts() {
+    let text = "[[site]]\ndefault = true\norigins = [\"127.0.0.1:1\"]\n";
+    let config = edgecache::config::Config::parse(text, std::path::Path::new("default.toml"));
+    assert!(config.is_ok(), "{:?}", config.err());
+}

@@ -620,3 +620,18 @@ async fn evictions_under_memory_pressure_are_announced() {
         "{event}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let origin = Origin::start().await;
+    let node = Node::start("bearer-case", "", &site(&origin));
+    for scheme in ["bearer", "BEARER", "Bearer ", "bEaReR"] {
+        let resp = client()
+            .get(format!("http://{}/status", node.admin))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{scheme:?}");
+    }
+}

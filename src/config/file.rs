@@ -248,7 +248,9 @@ impl Default for CompressionSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {
-    /// Host names served by this site (case-insensitive, port ignored).
+    /// Host names served by this site (case-insensitive, port ignored); may be left out for
+    /// the default site.
+    #[serde(default)]
     pub hosts: Vec<String>,
     /// Origin servers: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
     pub origins: Vec<OriginSpec>,

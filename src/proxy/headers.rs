@@ -50,6 +50,22 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
+/// The one value of repeated, identical `Content-Length` fields, which are then to be collapsed
+/// into one (RFC 9112 §6.3); `None` when there is at most one field or the values differ (left
+/// for the parser to reject).
+pub fn repeated_content_length(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let mut repeated = false;
+    for value in values {
+        if value != first {
+            return None;
+        }
+        repeated = true;
+    }
+    repeated.then(|| first.clone())
+}
+
 /// This proxy's `Via` entries (RFC 9110 §7.6.3), built once per protocol version.
 #[derive(Debug, Clone)]
 pub struct Via {
@@ -111,6 +127,20 @@ mod tests {
         assert!(req.headers.get("keep-alive").is_none());
         assert!(req.headers.get("x-secret").is_none());
         assert!(req.headers.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn identical_content_lengths_collapse_and_different_ones_stay() {
+        let mut headers = HeaderMap::new();
+        headers.append("content-length", HeaderValue::from_static("5"));
+        assert_eq!(repeated_content_length(&headers), None);
+        headers.append("content-length", HeaderValue::from_static("5"));
+        assert_eq!(
+            repeated_content_length(&headers),
+            Some(HeaderValue::from_static("5"))
+        );
+        headers.append("content-length", HeaderValue::from_static("6"));
+        assert_eq!(repeated_content_length(&headers), None);
     }
 
     #[test]

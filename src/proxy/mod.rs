@@ -583,6 +583,9 @@ impl ProxyHttp for EdgeProxy {
             None => {}
         }
         headers::strip_request_hop_by_hop(upstream_request);
+        if let Some(length) = headers::repeated_content_length(&upstream_request.headers) {
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, length)?;
+        }
         upstream_request.append_header(
             http::header::VIA,
             ctx.runtime.via.for_version(session.req_header().version),
@@ -630,6 +633,12 @@ impl ProxyHttp for EdgeProxy {
             site.origins.record(addr, resp.status.as_u16() < 500);
         }
         headers::strip_response_hop_by_hop(resp);
+        // Whatever the origin spoke, the client gets an HTTP/1.1 response (framed for its own
+        // version by pingora); an HTTP/1.0 status line would forbid chunked framing.
+        resp.set_version(http::Version::HTTP_11);
+        if let Some(length) = headers::repeated_content_length(&resp.headers) {
+            resp.insert_header(http::header::CONTENT_LENGTH, length)?;
+        }
         if resp.status == http::StatusCode::NOT_MODIFIED {
             keep_stored_etag(resp, session.cache.maybe_cache_meta());
             ctx.upstream.not_modified = Some(resp.headers.clone());
@@ -677,6 +686,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         self.invalidate_after_unsafe(session.req_header(), resp, ctx);
+        frame_for_http10(session, resp);
         self.start_compression(session, resp, ctx)
     }
 
@@ -875,6 +885,18 @@ fn keep_stored_etag(not_modified: &mut ResponseHeader, stored: Option<&CacheMeta
     if same_tag {
         not_modified.remove_header(&http::header::ETAG);
     }
+}
+
+/// HTTP/1.0 has no chunked framing (RFC 9112 §6.1): pingora turns a response without
+/// `Content-Length` into a chunked one, so for an HTTP/1.0 client it is sent close-delimited.
+fn frame_for_http10(session: &mut Session, resp: &mut ResponseHeader) {
+    if session.req_header().version >= http::Version::HTTP_11
+        || !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return;
+    }
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    session.set_keepalive(None);
 }
 
 /// An error caused by the client side of the request, never by an origin.
