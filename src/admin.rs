@@ -141,12 +141,8 @@ impl AdminApi {
     }
 
     fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
-        let request: PurgeRequest = match serde_json::from_slice(body) {
-            Ok(request) => request,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid purge request: {e}")),
-        };
-        let (kind, target, scope) = match request.scope() {
-            Ok(found) => found,
+        let (request, (kind, target, scope)) = match parse_purge_request(body) {
+            Ok(parsed) => parsed,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
         let purged = self.storage.purge_scope(&scope, request.soft);
@@ -197,13 +193,14 @@ impl ServeHttp for AdminApi {
 /// `POST /purge` body: exactly one of `url`, `prefix`, `host`, `tag`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PurgeRequest {
+pub struct PurgeRequest {
     url: Option<String>,
     prefix: Option<String>,
     host: Option<String>,
     tag: Option<String>,
+    /// Mark stale instead of deleting.
     #[serde(default)]
-    soft: bool,
+    pub soft: bool,
 }
 
 impl PurgeRequest {
@@ -235,6 +232,17 @@ impl PurgeRequest {
         }
         Ok(("tag", tag.clone(), PurgeScope::Tag(tag)))
     }
+}
+
+/// A purge request body, parsed and checked: the request, and its kind, target as given and
+/// scope. Public so the parser can be tested on any input.
+pub fn parse_purge_request(
+    body: &[u8],
+) -> Result<(PurgeRequest, (&'static str, String, PurgeScope)), String> {
+    let request: PurgeRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid purge request: {e}"))?;
+    let scope = request.scope()?;
+    Ok((request, scope))
 }
 
 /// `http://Host:port/path?q` → (`Some("http")`, `host`, `/path?q`); `//host/path` and
