@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::demo;
 use crate::events::{self, Endpoints};
 use crate::metrics::Metrics;
-use crate::proxy::connections::{ClientConnections, ClientHelloDeadline, ConnectionTable};
+use crate::proxy::connections::{
+    fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable,
+};
 use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
 use crate::reload::{HangupWatcher, Reloader, Targets};
@@ -126,7 +128,9 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let proxy = EdgeProxy::new(runtime.clone(), cache, metrics.clone(), events.clone());
     let mut app = HttpProxy::new(proxy, server.configuration.clone());
     app.handle_init_modules();
-    let table = ConnectionTable::new(config.server.clients.clone(), metrics.clients.clone());
+    let mut limits = config.server.clients.clone();
+    limits.max_connections = fit_to_descriptor_limit(limits.max_connections, config.server.origin_pool_size);
+    let table = ConnectionTable::new(limits, metrics.clients.clone());
     let connections = ClientConnections::new(app, table.clone(), config.server.h2c);
     let mut service = Service::new("edgecache proxy".to_string(), connections);
     add_plain_listeners(config, &mut service);

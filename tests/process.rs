@@ -402,3 +402,145 @@ async fn junk_tls_clients_are_dropped_quickly_without_flooding_the_log() {
     assert!(errors.len() < 5, "{} ERROR lines: {errors:?}", errors.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A config for `listen` in front of `origin`, with extra `[server]` keys.
+fn config_with(dir: &Path, listen: SocketAddr, origin: SocketAddr, server_keys: &str) -> PathBuf {
+    let file = dir.join("edgecache.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{listen}\"]\nthreads = 1\naccess_log = false\nupgrade_sock = {:?}\n{server_keys}\n\
+         [[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{origin}\"]\n",
+        dir.join("upgrade.sock"),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Sends one keep-alive request on `stream` and reads its whole (short, sized) answer.
+async fn keepalive_request(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|length| body.len() >= length) {
+                return text;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return String::from_utf8_lossy(&answer).to_string(),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_cost_at_most_32_kib_each() {
+    let origin = Origin::start().await;
+    origin.route("/idle", |_, _| {
+        Reply::ok("i").header("cache-control", "max-age=600")
+    });
+    let dir = temp_dir("idle-memory");
+    let listen = free_port();
+    let proxy = Running::start(&config_with(&dir, listen, origin.addr, ""), &[]);
+    wait_until_listening(listen);
+    let mut warm = tokio::net::TcpStream::connect(listen).await.unwrap();
+    keepalive_request(&mut warm, "/idle").await;
+    let before = rss_kib(proxy.child.id());
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let answer = keepalive_request(&mut stream, "/idle").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        idle.push(stream);
+    }
+    let per_connection = (rss_kib(proxy.child.id()) - before) as f64 / idle.len() as f64;
+    assert!(
+        per_connection <= 32.0,
+        "{per_connection:.1} KiB per idle keep-alive connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_open_file_limit_are_refused_and_admitted_ones_keep_working() {
+    let origin = Origin::start().await;
+    origin.route("/fd", |_, _| Reply::ok("fd").header("cache-control", "no-store"));
+    let dir = temp_dir("fd-limit");
+    let listen = free_port();
+    let config = config_with(
+        &dir,
+        listen,
+        origin.addr,
+        "origin_pool_size = 0\nmax_connections_per_ip = 100000",
+    );
+    let script = format!(
+        "ulimit -n 400 && exec {} --config {}",
+        env!("CARGO_BIN_EXE_edgecache"),
+        config.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, logs) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let proxy = Running { child, logs };
+    wait_until_listening(listen);
+    assert!(proxy
+        .log_line("lowered to fit the open-file limit", Duration::from_secs(5))
+        .is_some());
+    let mut first = tokio::net::TcpStream::connect(listen).await.unwrap();
+    assert!(keepalive_request(&mut first, "/fd")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        held.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+    }
+    // Those beyond what the descriptors allow are closed at once, not left hanging.
+    let refused_cleanly = common::eventually(Duration::from_secs(5), || {
+        let refused = held
+            .iter()
+            .filter(|s| matches!(s.try_read(&mut [0u8; 1]), Ok(0)))
+            .count();
+        refused >= 300
+    })
+    .await;
+    assert!(refused_cleanly, "connections beyond the limit were not closed");
+    // The admitted connection still reaches the origin: the process has descriptors left.
+    let answer = keepalive_request(&mut first, "/fd").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    let served = common::eventually(Duration::from_secs(5), || {
+        let resp = common::block_on(reqwest::get(format!("http://{listen}/fd")));
+        resp.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,6 +56,36 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest TLS record a ClientHello arrives in (2^14 plus expansion, RFC 8446 §5.2).
 const MAX_TLS_RECORD: usize = 16_384 + 2_048;
 
+/// Descriptors kept aside for listeners, log files, the admin API and health checks.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The client connections the open-file limit leaves room for, at most `wanted`: the soft limit
+/// is first raised to the hard one, then each client connection is counted with the origin
+/// connection it may hold, besides `pooled` idle origin connections and a reserve. Past the
+/// limit `accept` would fail and pingora's listeners would stall; below it, extra connections
+/// are refused one by one.
+pub fn fit_to_descriptor_limit(wanted: usize, pooled: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit; max_connections kept");
+            return wanted;
+        }
+    };
+    let spare = limit.saturating_sub(RESERVED_DESCRIPTORS + pooled as u64);
+    let fit = usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1);
+    if wanted <= fit {
+        return wanted;
+    }
+    tracing::warn!(
+        max_connections = wanted,
+        open_file_limit = limit,
+        using = fit,
+        "server.max_connections lowered to fit the open-file limit (raise LimitNOFILE / ulimit -n)"
+    );
+    fit
+}
+
 /// The open connections, in total and per client address.
 pub struct ConnectionTable {
     limits: ClientLimits,
