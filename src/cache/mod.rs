@@ -5,6 +5,7 @@
 
 pub mod key;
 pub mod policy;
+pub mod purge_log;
 pub mod storage;
 pub mod variants;
 pub mod vary;

@@ -27,6 +27,7 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::purge_log::{FillStart, FillTarget, PurgeLog};
 use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
@@ -240,6 +241,8 @@ pub struct MokaStorage {
     upgrader: std::sync::OnceLock<crate::lazy_thread::LazyThread>,
     /// Entries evicted to stay within the memory bound.
     evictions: Arc<AtomicU64>,
+    /// Recent purges, so fills that started before them are not stored.
+    purges: PurgeLog,
 }
 
 /// Which stored URLs a purge applies to.
@@ -270,7 +273,8 @@ pub enum PurgeScope {
 }
 
 impl PurgeScope {
-    fn matches(&self, primary: &[u8], tags: &[Box<str>]) -> bool {
+    /// Whether a stored response with this primary key and these tags is in the scope.
+    pub fn matches(&self, primary: &[u8], tags: &[Box<str>]) -> bool {
         if let PurgeScope::Tag(tag) = self {
             return tags.iter().any(|t| **t == **tag);
         }
@@ -352,6 +356,7 @@ impl MokaStorage {
             max_decoded: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             upgrades: None,
             upgrader: std::sync::OnceLock::new(),
+            purges: PurgeLog::default(),
         }
     }
 
@@ -389,6 +394,7 @@ impl MokaStorage {
     /// Removes the primary entry of a key, which also invalidates all its Vary variants
     /// (pingora treats variants older than the primary as misses). Returns whether it existed.
     pub fn invalidate(&self, key: &CacheKey) -> bool {
+        self.purges.purged_key(key.primary_bin());
         self.entries.remove(&key.primary_bin()).is_some()
     }
 
@@ -423,6 +429,7 @@ impl MokaStorage {
     /// (`soft = false`) or marks them stale (`soft = true`), so the next request revalidates
     /// while stale-if-error still covers an origin failure. Returns how many entries it touched.
     pub fn purge_scope(&self, scope: &PurgeScope, soft: bool) -> usize {
+        self.purges.purged_scope(scope);
         let matching: Vec<HashBinary> = self
             .entries
             .iter()
@@ -556,6 +563,8 @@ impl Storage for MokaStorage {
         };
         Ok(Box::new(BodyFill {
             storage: self,
+            started: fill_start(key),
+            primary_hash: key.primary_bin(),
             hash: key.combined_bin(),
             meta: StoredMeta::of(meta)?,
             header: without_name_case(meta.response_header())?,
@@ -573,6 +582,7 @@ impl Storage for MokaStorage {
         _: PurgeType,
         _: &SpanHandle,
     ) -> Result<PurgeOutcome> {
+        self.purges.purged_key(target.key().primary);
         let removed = self.entries.remove(&target.key().combined_bin());
         Ok(if removed.is_some() {
             PurgeOutcome::Purged(None)
@@ -582,6 +592,7 @@ impl Storage for MokaStorage {
     }
 
     async fn expire(&'static self, target: PurgeTarget<'_>, _: &SpanHandle) -> Result<PurgeOutcome> {
+        self.purges.purged_key(target.key().primary);
         if self.expire_now(target.key().combined_bin())? {
             Ok(PurgeOutcome::Expired)
         } else {
@@ -594,16 +605,33 @@ impl Storage for MokaStorage {
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _: &SpanHandle) -> Result<bool> {
         let hash = key.combined_bin();
         let (_, accepted) = variants::parse_user_tag(key.user_tag());
-        let served = self
-            .entries
-            .get(&hash)
-            .map(|e| e.variants.select(accepted).coding);
-        self.replace_meta(hash, meta, Some(served.unwrap_or(Coding::Identity)))
+        let Some(entry) = self.entries.get(&hash) else {
+            return Ok(false);
+        };
+        let target = FillTarget {
+            primary_hash: key.primary_bin(),
+            primary: &entry.primary,
+            tags: &entry.tags,
+        };
+        if self.purges.purged_since(fill_start(key), &target) {
+            // Purged while being revalidated: the purge stands.
+            return Ok(false);
+        }
+        let served = entry.variants.select(accepted).coding;
+        self.replace_meta(hash, meta, Some(served))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
+}
+
+/// When the fill for `key` started fetching from the origin; now when the proxy did not say.
+fn fill_start(key: &CacheKey) -> Instant {
+    key.extensions
+        .get::<FillStart>()
+        .and_then(FillStart::started)
+        .unwrap_or_else(Instant::now)
 }
 
 /// Serves a stored body, whole or as seeked ranges.
@@ -664,6 +692,9 @@ impl HandleHit for BodyHit {
 /// Collects a body from the origin and publishes the entry, with its codings, when it completes.
 struct BodyFill {
     storage: &'static MokaStorage,
+    /// When the request started fetching from the origin.
+    started: Instant,
+    primary_hash: HashBinary,
     hash: HashBinary,
     meta: StoredMeta,
     header: ResponseHeader,
@@ -683,6 +714,15 @@ impl HandleMiss for BodyFill {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
+        let target = FillTarget {
+            primary_hash: self.primary_hash,
+            primary: &self.primary,
+            tags: &self.tags,
+        };
+        if self.storage.purges.purged_since(self.started, &target) {
+            tracing::debug!("a purge came while this response was fetched: not stored");
+            return Ok(MissFinishType::Created(size));
+        }
         let variants = self
             .storage
             .variants_of(self.header, self.body.freeze(), self.eligibility)

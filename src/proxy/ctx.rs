@@ -69,6 +69,9 @@ pub struct CacheTrace {
     pub storable: bool,
     /// Final outcome, set when the response header goes out.
     pub outcome: Option<CacheOutcome>,
+    /// When the origin fetch began, shared with the storage through the cache key, so a purge
+    /// after it keeps the response out of the cache.
+    pub fill_start: crate::cache::purge_log::FillStart,
 }
 
 /// Origin timing and result.

@@ -474,6 +474,7 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .or_err(ErrorType::InternalError, "cache enabled without a target")?;
         let mut key = cache_key(target);
+        key.extensions.insert(ctx.cache.fill_start.clone());
         let tag = variants::user_tag(ctx.encoding.compress, ctx.encoding.accepted);
         if !tag.is_empty() {
             key.user_tag = tag.to_string();
@@ -544,6 +545,7 @@ impl ProxyHttp for EdgeProxy {
             Error::explain(etype, "no usable origin").into_up()
         })?;
         ctx.upstream.started = Some(Instant::now());
+        ctx.cache.fill_start.start();
         let addr = peer._address.to_string();
         ctx.upstream.tried.push(addr.clone());
         ctx.upstream.addr = Some(addr);

@@ -1,0 +1,85 @@
+//! Correctness under concurrency and origin failure: purges racing fills.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, eventually, get, Origin, Proxy, Reply};
+use edgecache::cache::storage::PurgeScope;
+
+/// An origin whose first answer for `path` is slow and old, and every later one new.
+fn old_then_new(origin: &Origin, path: &str) {
+    origin.route(path, |_, n| {
+        if n == 1 {
+            Reply::ok("old")
+                .header("cache-control", "max-age=600")
+                .delay(Duration::from_millis(800))
+        } else {
+            Reply::ok("new").header("cache-control", "max-age=600")
+        }
+    });
+}
+
+fn proxy_for(origin: &Origin) -> Proxy {
+    Proxy::start_with_server(
+        &format!(
+            "[[site]]\nhosts = [\"127.0.0.1\", \"localhost\"]\norigins = [\"{}\"]\n",
+            origin.addr
+        ),
+        "purge_allow = [\"127.0.0.1\"]\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_wins_over_a_fill_already_in_flight() {
+    let origin = Origin::start().await;
+    old_then_new(&origin, "/racing");
+    let proxy = proxy_for(&origin);
+    let url = proxy.url("/racing");
+    let in_flight =
+        tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
+    assert!(eventually(Duration::from_secs(5), || origin.hits("/racing") == 1).await);
+    let purge = client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            proxy.url("/racing"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 404, "nothing was stored yet");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        "old",
+        "the request in flight still gets its answer"
+    );
+    let (_, _, body) = get(&proxy, "/racing", &[]).await;
+    assert_eq!(body, "new", "the fill that started before the purge was stored");
+    assert_eq!(origin.hits("/racing"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_purge_soft_or_hard_wins_over_a_fill_already_in_flight() {
+    let origin = Origin::start().await;
+    old_then_new(&origin, "/scoped/a");
+    old_then_new(&origin, "/scoped/b");
+    let proxy = proxy_for(&origin);
+    for (path, soft) in [("/scoped/a", true), ("/scoped/b", false)] {
+        let url = proxy.url(path);
+        let in_flight =
+            tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
+        assert!(eventually(Duration::from_secs(5), || origin.hits(path) == 1).await);
+        let scope = PurgeScope::Prefix {
+            scheme: None,
+            host: "127.0.0.1".into(),
+            path: "/scoped/".into(),
+        };
+        proxy.storage.purge_scope(&scope, soft);
+        assert_eq!(in_flight.await.unwrap(), "old");
+        let (_, _, body) = get(&proxy, path, &[]).await;
+        assert_eq!(
+            body, "new",
+            "soft = {soft}: the old fill was stored after the purge"
+        );
+    }
+}
