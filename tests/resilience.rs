@@ -83,3 +83,42 @@ async fn a_scope_purge_soft_or_hard_wins_over_a_fill_already_in_flight() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_refresh_keeps_serving_the_stale_copy() {
+    let origin = Origin::start().await;
+    origin.route("/swr", |_, n| {
+        if n == 1 {
+            Reply::ok("good").header("cache-control", "max-age=1, stale-while-revalidate=60")
+        } else {
+            Reply::new(500, "bad").header("cache-control", "no-store")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy, "/swr", &[]).await.2, "good");
+    // Once stale, a request is answered from the cache while a refresh (which fails) runs.
+    let refreshed = eventually(Duration::from_secs(5), || {
+        let (status, _, body) = common::block_on(get(&proxy, "/swr", &[]));
+        assert_eq!((status, body.as_str()), (200, "good"));
+        origin.hits("/swr") >= 2
+    })
+    .await;
+    assert!(refreshed, "no background refresh reached the origin");
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let url = proxy.url("/swr");
+            tokio::spawn(async move {
+                let resp = client().get(url).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), (200, "good".to_string()));
+    }
+    assert!(
+        origin.hits("/swr") < 40,
+        "{} origin requests for 50 clients",
+        origin.hits("/swr")
+    );
+}

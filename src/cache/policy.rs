@@ -83,6 +83,11 @@ impl CachePolicy {
             return custom(reason::REQUEST_NO_STORE);
         }
         if !STORABLE_STATUSES.contains(&resp.status.as_u16()) {
+            // A server error is transient: it must not teach the predictor to bypass the cache
+            // for the URL (which would also keep a stale copy from being served).
+            if resp.status.is_server_error() {
+                return Uncacheable(NoCacheReason::UpstreamError);
+            }
             return custom(reason::STATUS);
         }
         if has_vary_star(resp) {
