@@ -122,3 +122,37 @@ async fn a_failed_background_refresh_keeps_serving_the_stale_copy() {
         origin.hits("/swr")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_coalesced_behind_a_failing_revalidation_get_the_stale_if_error_copy() {
+    let origin = Origin::start().await;
+    origin.route("/sie", |_, n| match n {
+        1 => Reply::ok("good").header("cache-control", "max-age=1, stale-if-error=300"),
+        2 => Reply::new(500, "slow failure").delay(Duration::from_millis(1500)),
+        _ => Reply::new(500, "bad"),
+    });
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\nread_timeout = \"1s\"\n",
+        origin.addr
+    ));
+    assert_eq!(get(&proxy, "/sie", &[]).await.2, "good");
+    // Freshness is a matter of time: wait out max-age (any request would start the revalidation).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let url = proxy.url("/sie");
+        clients.push(tokio::spawn(async move {
+            let resp = client().get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.push(client.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|a| *a == (200, "good".to_string())),
+        "{answers:?}"
+    );
+}

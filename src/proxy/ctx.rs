@@ -67,6 +67,8 @@ pub struct CacheTrace {
     pub forced_by_request: bool,
     /// The origin's response was judged storable.
     pub storable: bool,
+    /// A stale copy served as it is because its origin just failed to refresh it.
+    pub stale_after_failure: bool,
     /// Final outcome, set when the response header goes out.
     pub outcome: Option<CacheOutcome>,
     /// When the origin fetch began, shared with the storage through the cache key, so a purge

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
 use pingora::cache::{
@@ -83,11 +83,19 @@ impl CacheEngine {
     }
 }
 
+/// After an origin failed to refresh a stored response, how long its stale copy is served
+/// without asking the origin again (within the copy's stale-if-error or stale-while-revalidate
+/// window): requests that were waiting for the failed refresh, and those arriving just after it,
+/// get the stale copy instead of queueing for the next failure.
+const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The caching reverse proxy.
 pub struct EdgeProxy {
     /// Sites, origins and policies; replaced on reload.
     runtime: SharedRuntime,
     cache: CacheEngine,
+    /// URLs (primary key hashes) whose origin just failed to refresh them.
+    failed_refreshes: moka::sync::Cache<HashBinary, ()>,
     metrics: Arc<Metrics>,
     /// Where `PURGE` requests are announced.
     events: EventSink,
@@ -105,6 +113,10 @@ impl EdgeProxy {
         EdgeProxy {
             runtime,
             cache,
+            failed_refreshes: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILED_REFRESH_BACKOFF)
+                .build(),
             metrics,
             events,
         }
@@ -218,9 +230,32 @@ impl EdgeProxy {
         .await
     }
 
+    /// The primary key hash of the request's URL.
+    fn primary_hash(ctx: &RequestCtx) -> Option<HashBinary> {
+        ctx.route.target.as_ref().map(|t| cache_key(t).primary_bin())
+    }
+
+    /// Remembers that the origin just failed to refresh the request's URL.
+    fn refresh_failed(&self, ctx: &RequestCtx) {
+        if let Some(hash) = Self::primary_hash(ctx) {
+            self.failed_refreshes.insert(hash, ());
+        }
+    }
+
+    /// Whether a stale stored response is served as it is because its origin just failed to
+    /// refresh it and it is within a window that allows serving it stale.
+    fn serve_stale_after_failure(&self, meta: &CacheMeta, ctx: &RequestCtx) -> bool {
+        let now = SystemTime::now();
+        let within_window = meta.serve_stale_if_error(now) || meta.serve_stale_while_revalidate(now);
+        within_window && Self::primary_hash(ctx).is_some_and(|h| self.failed_refreshes.contains_key(&h))
+    }
+
     /// Outcome of the cache for this response, from pingora's phase and what the ctx saw.
     fn cache_outcome(session: &Session, ctx: &RequestCtx) -> CacheOutcome {
         let trace = &ctx.cache;
+        if trace.stale_after_failure {
+            return CacheOutcome::StaleIfError;
+        }
         match session.cache.phase() {
             CachePhase::Hit => CacheOutcome::Hit,
             CachePhase::StaleUpdating => CacheOutcome::StaleWhileRevalidate,
@@ -482,18 +517,23 @@ impl ProxyHttp for EdgeProxy {
         Ok(key)
     }
 
-    /// Applies the request's `no-cache`, `max-age`, `min-fresh` and `max-stale`.
+    /// Applies the request's `no-cache`, `max-age`, `min-fresh` and `max-stale`; serves a stale
+    /// copy as it is for a short while after its origin failed to refresh it.
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
         meta: &CacheMeta,
         _hit: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
         ctx.cache.found = true;
         let forced = policy::request_freshness(session.req_header(), meta, SystemTime::now());
         ctx.cache.forced_by_request = forced == Some(ForcedFreshness::ForceExpired);
+        if forced.is_none() && !is_fresh && self.serve_stale_after_failure(meta, ctx) {
+            ctx.cache.stale_after_failure = true;
+            return Ok(Some(ForcedFreshness::ForceFresh));
+        }
         Ok(forced)
     }
 
@@ -612,6 +652,10 @@ impl ProxyHttp for EdgeProxy {
             }
             None => resp,
         };
+        if resp.status.is_server_error() && ctx.cache.found {
+            // A refresh (in the background or not) that failed: the stored copy stays in service.
+            self.refresh_failed(ctx);
+        }
         let now = SystemTime::now();
         let decision = ctx
             .runtime
@@ -670,6 +714,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let outcome = Self::cache_outcome(session, ctx);
         ctx.cache.outcome = Some(outcome);
+        if outcome == CacheOutcome::StaleIfError && !ctx.cache.stale_after_failure {
+            self.refresh_failed(ctx);
+        }
         resp.remove_header(&CDN_CACHE_CONTROL_NAME);
         for name in &TAG_HEADERS {
             resp.remove_header(name);
