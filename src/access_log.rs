@@ -58,6 +58,28 @@ pub struct Record<'a> {
     pub error: Option<String>,
 }
 
+/// The line of a request refused before it reached the proxy (pingora answered `400` to a
+/// malformed or oversized header, or reset an HTTP/2 stream; or the client left mid-header).
+pub fn rejected(client: Option<std::net::IpAddr>, protocol: &str) -> Record<'static> {
+    Record {
+        time: rfc3339(SystemTime::now()),
+        client: client.map_or("-".into(), |ip| ip.to_string()),
+        method: "-",
+        host: "-",
+        path: "-",
+        protocol: protocol.to_string(),
+        status: 400,
+        bytes: 0,
+        referer: "",
+        user_agent: "",
+        cache: "-",
+        origin: "-",
+        upstream_ms: None,
+        total_ms: 0.0,
+        error: Some("request rejected before routing (malformed, too large or incomplete)".into()),
+    }
+}
+
 /// An open access log.
 pub struct AccessLog {
     format: AccessLogFormat,

@@ -21,7 +21,7 @@ use crate::demo;
 use crate::events::{self, Endpoints};
 use crate::metrics::Metrics;
 use crate::proxy::connections::{
-    fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable,
+    fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable, RejectedRequests,
 };
 use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
@@ -131,7 +131,13 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let mut limits = config.server.clients.clone();
     limits.max_connections = fit_to_descriptor_limit(limits.max_connections, config.server.origin_pool_size);
     let table = ConnectionTable::new(limits, metrics.clients.clone());
-    let connections = ClientConnections::new(app, table.clone(), config.server.h2c);
+    let log_runtime = runtime.clone();
+    let rejected: RejectedRequests = Arc::new(move |client, protocol| {
+        if let Some(log) = &log_runtime.load().access_log {
+            log.log(&crate::access_log::rejected(client, protocol));
+        }
+    });
+    let connections = ClientConnections::new(app, table.clone(), config.server.h2c, rejected);
     let mut service = Service::new("edgecache proxy".to_string(), connections);
     add_plain_listeners(config, &mut service);
     let certificates = Arc::new(SniResolver::new(config));

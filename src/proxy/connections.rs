@@ -247,20 +247,33 @@ impl Drop for ActiveStream {
     }
 }
 
+/// Told about each request refused before it reached the proxy (a header pingora rejected as
+/// malformed or too large, or that the client abandoned half-sent), with the client's address
+/// and the protocol, so it still gets its access-log line.
+pub type RejectedRequests = Arc<dyn Fn(Option<IpAddr>, &'static str) + Send + Sync>;
+
 /// Wraps an HTTP application with the client-connection bounds of [`ClientLimits`].
 pub struct ClientConnections<A> {
     app: Arc<A>,
     table: Arc<ConnectionTable>,
     h2c: bool,
+    rejected: RejectedRequests,
 }
 
 impl<A> ClientConnections<A> {
-    /// `app` behind the limits of `table`; `h2c` accepts cleartext HTTP/2 by prior knowledge.
-    pub fn new(app: A, table: Arc<ConnectionTable>, h2c: bool) -> ClientConnections<A> {
+    /// `app` behind the limits of `table`; `h2c` accepts cleartext HTTP/2 by prior knowledge;
+    /// requests refused before reaching `app` are reported to `rejected`.
+    pub fn new(
+        app: A,
+        table: Arc<ConnectionTable>,
+        h2c: bool,
+        rejected: RejectedRequests,
+    ) -> ClientConnections<A> {
         ClientConnections {
             app: Arc::new(app),
             table,
             h2c,
+            rejected,
         }
     }
 
@@ -298,7 +311,7 @@ where
     /// Serves HTTP/1.x requests one after the other, pipelined ones in order. Between requests
     /// the connection waits for its client's next byte holding only the stream: the state of a
     /// request (about 40 KiB) is created when a request arrives, so idle connections stay cheap.
-    async fn serve_h1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve_h1(&self, mut stream: Stream, client: Option<IpAddr>, shutdown: &ShutdownWatch) {
         let limits = self.limits();
         let mut persistent = None;
         let mut idle_limit = limits.header_timeout;
@@ -320,7 +333,9 @@ where
             let keepalive = (!*shutdown.borrow()).then(|| limits.keepalive_timeout.as_secs().max(1));
             session.set_keepalive(keepalive);
             session.set_write_timeout(Some(limits.send_timeout));
-            let reused = self.serve_one(session, limits.header_timeout, shutdown).await;
+            let reused = self
+                .serve_one(session, client, limits.header_timeout, shutdown)
+                .await;
             let Some(reused) = reused else { return };
             (stream, persistent) = reused.consume();
             idle_limit = limits.keepalive_timeout;
@@ -358,6 +373,7 @@ where
     async fn serve_one(
         &self,
         session: ServerSession,
+        client: Option<IpAddr>,
         header_deadline: Duration,
         shutdown: &ShutdownWatch,
     ) -> Option<pingora::apps::ReusedHttpStream> {
@@ -370,7 +386,14 @@ where
                     }
                 };
                 tokio::select! {
-                    reused = self.app.process_new_http(session, shutdown) => reused,
+                    reused = self.app.process_new_http(session, shutdown) => {
+                        // A request began (its first byte was read) but never reached the proxy.
+                        if reused.is_none() && !HEADER_READ.with(Cell::get) && !*shutdown.borrow() {
+                            self.table.counters.client_error();
+                            (self.rejected)(client, "HTTP/1.1");
+                        }
+                        reused
+                    }
                     _ = deadline => {
                         self.table.counters.timed_out("header");
                         None
@@ -382,7 +405,7 @@ where
 
     /// Serves an HTTP/2 connection: streams in their own tasks, closed when idle, drained after
     /// `max_requests_per_connection` streams, cut with `ENHANCE_YOUR_CALM` on a reset flood.
-    async fn serve_h2(&self, stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve_h2(&self, stream: Stream, client: Option<IpAddr>, shutdown: &ShutdownWatch) {
         let limits = self.limits();
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
@@ -435,6 +458,8 @@ where
                 }
                 Ok(None) => return,
                 Ok(Some(H2Accept::Rejected)) => {
+                    self.table.counters.client_error();
+                    (self.rejected)(client, "HTTP/2.0");
                     rejected += 1;
                     if rejected > MAX_REJECTED_STREAMS {
                         conn.abrupt_shutdown(h2::Reason::PROTOCOL_ERROR);
@@ -478,8 +503,8 @@ where
         let ip = peer_ip(stream.get_socket_digest().as_deref());
         let _slot = self.table.admit(ip)?;
         match self.speaks_h2(&mut stream).await? {
-            true => self.serve_h2(stream, shutdown).await,
-            false => self.serve_h1(stream, shutdown).await,
+            true => self.serve_h2(stream, ip, shutdown).await,
+            false => self.serve_h1(stream, ip, shutdown).await,
         }
         None
     }
