@@ -459,13 +459,21 @@ async fn requests_rejected_as_malformed_still_get_an_access_log_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("access.log");
     let proxy = Proxy::start_with_server(
-        &format!("[[site]]\nhosts = [\"a.test\"]\norigins = [\"{}\"]\n", origin.addr),
+        &format!(
+            "[[site]]\nhosts = [\"a.test\"]\norigins = [\"{}\"]\n",
+            origin.addr
+        ),
         &format!("access_log = true\naccess_log_path = {:?}\n", log),
     );
-    let answer = raw_exchange_with(proxy.addr, b"GET / HTTP/1.1\r\nHost: a.test\r\nBad Header Line\r\n\r\n").await;
+    let answer = raw_exchange_with(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nBad Header Line\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let logged = common::eventually(std::time::Duration::from_secs(5), || {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"status\":400") && text.contains("rejected"))
+        std::fs::read_to_string(&log)
+            .is_ok_and(|text| text.contains("\"status\":400") && text.contains("rejected"))
     })
     .await;
     assert!(logged, "{:?}", std::fs::read_to_string(&log));

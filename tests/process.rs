@@ -544,3 +544,50 @@ async fn connections_beyond_the_open_file_limit_are_refused_and_admitted_ones_ke
     assert!(served);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
+    let origin = Origin::start().await;
+    origin.route("/kept", |_, _| {
+        Reply::ok("kept").header("cache-control", "max-age=600")
+    });
+    let dir = temp_dir("upgrade-keepalive");
+    let listen = free_port();
+    let config = write_config(&dir, listen, origin.addr);
+    let mut old = Running::start(&config, &[]);
+    wait_until_listening(listen);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stopped, url) = (client.clone(), stopped.clone(), format!("http://{listen}/kept"));
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while !*stopped.borrow() {
+                    outcomes.push(match client.get(&url).send().await {
+                        Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
+                        Ok(resp) => Err(format!("status {}", resp.status())),
+                        Err(e) => Err(format!("{e:?}")),
+                    });
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = Running::start(&config, &["-u"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("QUIT");
+    assert!(old.exited(Duration::from_secs(15)), "the old process exits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send_replace(true);
+    let mut outcomes = Vec::new();
+    for handle in loops {
+        outcomes.extend(handle.await.unwrap());
+    }
+    assert!(outcomes.len() >= 2000, "only {} requests", outcomes.len());
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    drop(new);
+    let _ = std::fs::remove_dir_all(&dir);
+}

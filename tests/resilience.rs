@@ -156,3 +156,67 @@ async fn requests_coalesced_behind_a_failing_revalidation_get_the_stale_if_error
         "{answers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_collected_by_concurrent_misses_stay_within_the_cache_size() {
+    const HALF: usize = 512 * 1024;
+    let origin = Origin::start().await;
+    let (release, released) = tokio::sync::watch::channel(false);
+    for i in 0..12 {
+        let released = released.clone();
+        origin.route(&format!("/big/{i}"), move |_, _| {
+            // Half the body now, the rest once every request holds its first half.
+            let (chunks, body) = tokio::sync::mpsc::channel(2);
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                let _ = chunks.send(bytes::Bytes::from(vec![b'a'; HALF])).await;
+                let _ = released.wait_for(|go| *go).await;
+                let _ = chunks.send(bytes::Bytes::from(vec![b'b'; HALF])).await;
+            });
+            let mut reply = Reply::stream(200, body);
+            reply.headers.push(("cache-control".into(), "max-age=600".into()));
+            reply
+                .headers
+                .push(("content-type".into(), "application/octet-stream".into()));
+            reply
+        });
+    }
+    let proxy = Proxy::start(&format!(
+        "[cache]\nmax_memory = \"4MiB\"\nmax_object_size = \"2MiB\"\n[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\n",
+        origin.addr
+    ));
+    let requests: Vec<_> = (0..12)
+        .map(|i| {
+            let url = proxy.url(&format!("/big/{i}"));
+            tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await.unwrap() })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || (0..12)
+            .all(|i| origin.hits(&format!("/big/{i}")) == 1))
+        .await
+    );
+    // Every fill has (or has given up) its first half once the budget is full.
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.storage.fill_bytes().0
+            >= 3 * HALF)
+        .await
+    );
+    release.send_replace(true);
+    for request in requests {
+        let body = request.await.unwrap();
+        assert_eq!(body.len(), 2 * HALF, "a client got a cut response");
+        assert!(body[..HALF].iter().all(|b| *b == b'a') && body[HALF..].iter().all(|b| *b == b'b'));
+    }
+    let (now, peak) = proxy.storage.fill_bytes();
+    assert!(peak <= 4 << 20, "fills held {peak} bytes at once");
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.storage.fill_bytes().0 == 0).await,
+        "{now}"
+    );
+    let stored = (0..12).filter(|i| {
+        let (_, status, _) = common::block_on(get(&proxy, &format!("/big/{i}"), &[]));
+        status.contains("hit")
+    });
+    assert!(stored.count() >= 1, "the fills that fit were stored");
+}

@@ -3,6 +3,7 @@
 //! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
 //! Range on hits); this module supplies the parts it leaves to the application.
 
+pub mod fill_budget;
 pub mod key;
 pub mod policy;
 pub mod purge_log;

@@ -27,6 +27,7 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
 use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
@@ -243,6 +244,8 @@ pub struct MokaStorage {
     evictions: Arc<AtomicU64>,
     /// Recent purges, so fills that started before them are not stored.
     purges: PurgeLog,
+    /// Bound on the bodies being collected by fills in flight.
+    fills: &'static FillBudget,
 }
 
 /// Which stored URLs a purge applies to.
@@ -357,6 +360,9 @@ impl MokaStorage {
             upgrades: None,
             upgrader: std::sync::OnceLock::new(),
             purges: PurgeLog::default(),
+            fills: Box::leak(Box::new(FillBudget::new(
+                usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            ))),
         }
     }
 
@@ -456,6 +462,11 @@ impl MokaStorage {
         let mut meta = entry.meta(&entry.variants.primary.header)?;
         meta.expire_at(SystemTime::now());
         self.replace_meta(hash, &meta, None)
+    }
+
+    /// Bytes held by fills in flight now, and the most held at once since start.
+    pub fn fill_bytes(&self) -> (usize, usize) {
+        (self.fills.used(), self.fills.peak())
     }
 
     /// Entries removed to stay within `max_memory`, since start (after moka's pending
@@ -573,6 +584,8 @@ impl Storage for MokaStorage {
             primary: key.primary_key().into(),
             tags: response_tags(meta.response_header()).into(),
             body: BytesMut::new(),
+            reservation: Reservation::default(),
+            abandoned: false,
         }))
     }
 
@@ -703,17 +716,34 @@ struct BodyFill {
     primary: Box<[u8]>,
     tags: Box<[Box<str>]>,
     body: BytesMut,
+    /// The body's share of the fill budget.
+    reservation: Reservation,
+    /// The body did not fit in the fill budget: it streams through and is not stored.
+    abandoned: bool,
 }
 
 #[async_trait]
 impl HandleMiss for BodyFill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.abandoned {
+            return Ok(());
+        }
+        if !self.storage.fills.take(&mut self.reservation, data.len()) {
+            tracing::debug!("fills in flight hold the whole budget: this response is not stored");
+            self.abandoned = true;
+            self.body = BytesMut::new();
+            self.reservation.release();
+            return Ok(());
+        }
         self.body.extend_from_slice(&data);
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let size = self.body.len();
+        if self.abandoned {
+            return Ok(MissFinishType::Created(0));
+        }
         let target = FillTarget {
             primary_hash: self.primary_hash,
             primary: &self.primary,
