@@ -7,9 +7,12 @@ use clap::Parser;
 use edgecache::config::Config;
 use pingora::server::configuration::Opt;
 
-/// mimalloc: the hit path allocates per request, and glibc malloc cost ~10 % of a hit.
+/// jemalloc: the hit path allocates per request (the system allocator costs about 16 % more
+/// instructions per cache hit), and jemalloc gives memory back under compressible load, where
+/// mimalloc kept freed compression buffers until resident memory reached 70 times `max_memory`
+/// (the soak test, 4 MiB cache: 290 MiB peak with mimalloc, 61 MiB with jemalloc).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A caching reverse proxy and edge CDN node.
 #[derive(Parser, Debug)]

@@ -26,8 +26,17 @@ pub struct CacheTarget {
 impl CacheTarget {
     /// The target of a request, or `None` when it has no usable host or path (e.g. `OPTIONS *`).
     pub fn of_request(req: &RequestHeader, scheme: &'static str) -> Option<CacheTarget> {
-        let host = crate::proxy::routing::request_host(req)?;
-        let authority = crate::proxy::routing::request_authority(req, scheme)?;
+        let (host, authority) = crate::proxy::routing::host_and_authority(req, scheme).ok()?;
+        CacheTarget::with_authority(req, scheme, host, authority)
+    }
+
+    /// The target of `req` once its host and authority are known; `None` without a usable path.
+    pub fn with_authority(
+        req: &RequestHeader,
+        scheme: &'static str,
+        host: String,
+        authority: String,
+    ) -> Option<CacheTarget> {
         let path_and_query = req.uri.path_and_query()?.as_str();
         if !path_and_query.starts_with('/') {
             return None;

@@ -528,6 +528,9 @@ impl MokaStorage {
         }
         let fallback = (header.clone(), body.clone());
         let max_decoded = self.max_decoded;
+        // One compression per core at a time: each holds encoder state, and every extra
+        // blocking thread keeps its own allocator pages.
+        let _turn = compression_turns().acquire().await;
         tokio::task::spawn_blocking(move || Variants::build(header, body, eligibility, &policy, max_decoded))
             .await
             .unwrap_or_else(|_| Variants::single(fallback.0, fallback.1))
@@ -637,6 +640,15 @@ impl Storage for MokaStorage {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
+}
+
+/// Stored responses compressed at once on the blocking pool: one per core.
+fn compression_turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
 }
 
 /// When the fill for `key` started fetching from the origin; now when the proxy did not say.

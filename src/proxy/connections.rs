@@ -17,6 +17,9 @@
 //!   closed with `GOAWAY(ENHANCE_YOUR_CALM)`: the "rapid reset" attack;
 //! - pipelined HTTP/1.1 requests are answered in order.
 //!
+//! Deadlines use pingora's coarse timer wheel (10 ms ticks), which costs no wake-up of the
+//! event loop per request, unlike tokio's timers.
+//!
 //! On shutdown, connections accepted just before it are still served: pingora drops every
 //! connection waiting for its request header at once, so the cleanup is delayed by [`SETTLE`].
 
@@ -211,7 +214,7 @@ impl StreamTally {
             }
             let busy_again = self.idle.notified();
             tokio::select! {
-                _ = tokio::time::sleep(idle) => {
+                _ = pingora_timeout::sleep(idle) => {
                     if self.active.load(Ordering::Acquire) == 0 {
                         return;
                     }
@@ -292,7 +295,7 @@ impl<A> ClientConnections<A> {
         }
         let mut preface = [0u8; H2_PREFACE.len()];
         let deadline = self.limits().handshake_timeout;
-        match tokio::time::timeout(deadline, stream.try_peek(&mut preface)).await {
+        match pingora_timeout::timeout(deadline, stream.try_peek(&mut preface)).await {
             Ok(Ok(true)) => Some(preface == H2_PREFACE),
             Ok(Ok(false)) => Some(false),
             Ok(Err(_)) => None,
@@ -315,8 +318,9 @@ where
         let limits = self.limits();
         let mut persistent = None;
         let mut idle_limit = limits.header_timeout;
+        let mut scratch = String::new();
         loop {
-            if !has_pipelined_request(&persistent)
+            if !has_pipelined_request(&persistent, &mut scratch)
                 && !self.next_request(&mut stream, idle_limit, shutdown).await
             {
                 return;
@@ -355,10 +359,10 @@ where
         let mut shutdown = shutdown.clone();
         let closing = async {
             let _ = shutdown.wait_for(|down| *down).await;
-            tokio::time::sleep(SETTLE).await;
+            pingora_timeout::sleep(SETTLE).await;
         };
         tokio::select! {
-            peeked = tokio::time::timeout(idle_limit, stream.try_peek(&mut byte)) => match peeked {
+            peeked = pingora_timeout::timeout(idle_limit, stream.try_peek(&mut byte)) => match peeked {
                 Ok(peeked) => peeked.is_ok(),
                 Err(_) => {
                     self.table.counters.timed_out("idle");
@@ -380,7 +384,7 @@ where
         HEADER_READ
             .scope(Cell::new(false), async {
                 let deadline = async {
-                    tokio::time::sleep(header_deadline).await;
+                    pingora_timeout::sleep(header_deadline).await;
                     if HEADER_READ.with(Cell::get) {
                         std::future::pending::<()>().await;
                     }
@@ -414,7 +418,7 @@ where
             socket_digest: stream.get_socket_digest(),
         });
         let handshake = h2_server::handshake(stream, self.app.h2_options());
-        let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        let mut conn = match pingora_timeout::timeout(limits.handshake_timeout, handshake).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "HTTP/2 handshake failed");
@@ -442,7 +446,7 @@ where
                     tracing::debug!("HTTP/2 client cancels most of its streams: closing the connection");
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     let flush = H2Session::from_h2_conn(&mut conn, digest.clone());
-                    let _ = tokio::time::timeout(limits.handshake_timeout, flush).await;
+                    let _ = pingora_timeout::timeout(limits.handshake_timeout, flush).await;
                     return;
                 }
                 next = H2Session::from_h2_conn(&mut conn, digest.clone()) => next,
@@ -510,18 +514,23 @@ where
     }
 
     async fn cleanup(&self) {
-        tokio::time::sleep(SETTLE).await;
+        pingora_timeout::sleep(SETTLE).await;
         self.app.http_cleanup().await;
     }
 }
 
 /// Whether the previous request left a pipelined request behind, already read from the stream
 /// (then no new byte will come before it is answered). pingora 0.9.1 offers no accessor for
-/// this, so its `Debug` form is read.
-fn has_pipelined_request(persistent: &Option<pingora::apps::HttpPersistentSettings>) -> bool {
-    persistent
-        .as_ref()
-        .is_some_and(|settings| !format!("{settings:?}").contains("pipelined_prefix: None"))
+/// this, so its `Debug` form is read (into `scratch`, reused for every request of a connection).
+fn has_pipelined_request(
+    persistent: &Option<pingora::apps::HttpPersistentSettings>,
+    scratch: &mut String,
+) -> bool {
+    use std::fmt::Write;
+    let Some(settings) = persistent else { return false };
+    scratch.clear();
+    let _ = write!(scratch, "{settings:?}");
+    !scratch.contains("pipelined_prefix: None")
 }
 
 /// The client address of a connection.
@@ -552,7 +561,7 @@ impl PreTlsProcess for ClientHelloDeadline {
             return Error::e_explain(ErrorType::AcceptError, "client connection limit reached");
         }
         let deadline = self.table.limits.handshake_timeout;
-        match tokio::time::timeout(deadline, read_client_hello(stream)).await {
+        match pingora_timeout::timeout(deadline, read_client_hello(stream)).await {
             Ok(Ok(record)) => {
                 stream.rewind(&record);
                 Ok(())

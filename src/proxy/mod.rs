@@ -130,25 +130,33 @@ impl EdgeProxy {
     /// An HTTP/1.0 request may omit `Host`: it goes to the default site, uncached.
     async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let host = routing::request_host(req);
-        let runtime = ctx.runtime.clone();
-        let default_site = runtime.router.default_site();
-        let site = match &host {
-            Some(host) => runtime.router.route(host),
-            None if default_site.is_some() && routing::is_http10_without_host(req) => default_site,
-            None => {
-                respond_text(session, 400, "missing or invalid Host header\n").await?;
-                return Ok(true);
-            }
-        };
-        let Some(site) = site else {
-            respond_text(session, 404, "no site is configured for this host\n").await?;
-            return Ok(true);
-        };
         let scheme = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
             "https"
         } else {
             "http"
+        };
+        let runtime = ctx.runtime.clone();
+        let default_site = runtime.router.default_site();
+        let (host, authority) = match routing::host_and_authority(req, scheme) {
+            Ok((host, authority)) => (Some(host), Some(authority)),
+            Err(false) if default_site.is_some() && routing::is_http10_without_host(req) => (None, None),
+            Err(bad_port) => {
+                let message = if bad_port {
+                    "invalid port in Host header\n"
+                } else {
+                    "missing or invalid Host header\n"
+                };
+                respond_text(session, 400, message).await?;
+                return Ok(true);
+            }
+        };
+        let site = match &host {
+            Some(host) => runtime.router.route(host),
+            None => default_site,
+        };
+        let Some(site) = site else {
+            respond_text(session, 404, "no site is configured for this host\n").await?;
+            return Ok(true);
         };
         let settings = &runtime.sites[site].settings;
         for name in &settings.strip_request_headers {
@@ -158,11 +166,12 @@ impl EdgeProxy {
         ctx.route.scheme = scheme;
         ctx.encoding.compress = settings.compress;
         ctx.encoding.accepted = Accepted::of_request(session.req_header());
-        ctx.route.target = CacheTarget::of_request(session.req_header(), scheme);
-        if host.is_some() && routing::request_authority(session.req_header(), scheme).is_none() {
-            respond_text(session, 400, "invalid port in Host header\n").await?;
-            return Ok(true);
-        }
+        ctx.route.target = match (&host, authority) {
+            (Some(host), Some(authority)) => {
+                CacheTarget::with_authority(session.req_header(), scheme, host.clone(), authority)
+            }
+            _ => None,
+        };
         if session.req_header().method.as_str() == "PURGE" {
             return self.authorise_purge(session, ctx).await;
         }

@@ -63,12 +63,22 @@ fn port_of(raw: &str) -> Result<Option<u16>, ()> {
 /// Forwarding exactly what is keyed means no request can store a response built for another
 /// authority under a key others hit. `None` when the host or port is unusable.
 pub fn request_authority(req: &RequestHeader, scheme: &str) -> Option<String> {
-    let host = request_host(req)?;
+    host_and_authority(req, scheme)
+        .ok()
+        .map(|(_, authority)| authority)
+}
+
+/// The normalised host and the authority (see [`request_authority`]) of a request, computed
+/// once: `Err(true)` when it names a host with an unusable port, `Err(false)` when it names none.
+pub fn host_and_authority(req: &RequestHeader, scheme: &str) -> Result<(String, String), bool> {
+    let host = request_host(req).ok_or(false)?;
     let default_port = if scheme == "https" { 443 } else { 80 };
-    match port_of(raw_authority(req)?).ok()? {
-        Some(port) if port != default_port => Some(format!("{host}:{port}")),
-        _ => Some(host),
-    }
+    let port = raw_authority(req).map(port_of).ok_or(false)?.map_err(|_| true)?;
+    let authority = match port {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.clone(),
+    };
+    Ok((host, authority))
 }
 
 /// The host part of an authority built by [`request_authority`] (the port removed).
