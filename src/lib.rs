@@ -1,6 +1,8 @@
 //! edgecache: a caching reverse proxy and edge CDN node on pingora.
 //!
-//! A request moves through these phases (see [`proxy::EdgeProxy`]):
+//! Client connections are admitted and bounded first ([`proxy::connections`]: limits per node
+//! and per address, header, idle, handshake and send deadlines, HTTP/2 reset floods). A request
+//! then moves through these phases (see [`proxy::EdgeProxy`]):
 //!
 //! 1. `request_filter`: route by `Host` to a site ([`proxy::routing`]); 400/404 otherwise.
 //! 2. `request_cache_filter` / `cache_key_callback`: enable the cache for GET/HEAD and derive
