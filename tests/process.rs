@@ -21,9 +21,14 @@ struct Running {
 
 impl Running {
     fn start(config: &Path, extra: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgecache"))
-            .args(["--config", config.to_str().unwrap()])
-            .args(extra)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_edgecache"));
+        command.args(["--config", config.to_str().unwrap()]).args(extra);
+        Running::spawn(command)
+    }
+
+    /// Runs `command` (the binary, perhaps through a shell), collecting its stderr lines.
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -107,12 +112,22 @@ fn request_loop(
     url: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    request_loop_with(client, url, stop)
+}
+
+/// Requests `url` with `client` (and its connection pool) until `stop` is set; returns every
+/// status (or error) and body.
+fn request_loop_with(
+    client: reqwest::Client,
+    url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
     tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
         let mut outcomes = Vec::new();
         while !*stop.borrow() {
             let outcome = match client.get(&url).send().await {
@@ -496,20 +511,9 @@ async fn connections_beyond_the_open_file_limit_are_refused_and_admitted_ones_ke
         env!("CARGO_BIN_EXE_edgecache"),
         config.display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, logs) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let proxy = Running { child, logs };
+    let mut shell = Command::new("sh");
+    shell.args(["-c", &script]);
+    let proxy = Running::spawn(shell);
     wait_until_listening(listen);
     assert!(proxy
         .log_line("lowered to fit the open-file limit", Duration::from_secs(5))
@@ -560,20 +564,7 @@ async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let loops: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, stopped, url) = (client.clone(), stopped.clone(), format!("http://{listen}/kept"));
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                while !*stopped.borrow() {
-                    outcomes.push(match client.get(&url).send().await {
-                        Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
-                        Ok(resp) => Err(format!("status {}", resp.status())),
-                        Err(e) => Err(format!("{e:?}")),
-                    });
-                }
-                outcomes
-            })
-        })
+        .map(|_| request_loop_with(client.clone(), format!("http://{listen}/kept"), stopped.clone()))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let new = Running::start(&config, &["-u"]);

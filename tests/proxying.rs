@@ -6,16 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{client, closed_port, get, Origin, Proxy, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes to the proxy and returns everything it answers until it closes.
 async fn raw_exchange(proxy: &Proxy, request: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "proxy did not answer and close within 5 s");
-    String::from_utf8_lossy(&answer).into_owned()
+    common::raw_exchange_with(proxy.addr, request).await
 }
 
 fn two_sites(a: &Origin, b: &Origin, b_is_default: bool) -> Proxy {

@@ -530,9 +530,7 @@ fn client_limits(server: &file::ServerSection, at: &Locator) -> Result<ClientLim
         ("send_timeout", server.send_timeout.0),
     ];
     for (name, value) in durations {
-        if value < Duration::from_secs(1) || value > MAX_CLIENT_TIMEOUT {
-            return Err(at.error(&format!("server.{name}"), "must be between 1s and 1h"));
-        }
+        check_duration(at, &format!("server.{name}"), value, SECOND, HOUR)?;
     }
     let counts = [
         ("max_connections", server.max_connections),
@@ -543,12 +541,7 @@ fn client_limits(server: &file::ServerSection, at: &Locator) -> Result<ClientLim
         ),
     ];
     for (name, value) in counts {
-        if value == 0 || value > MAX_CLIENT_COUNT {
-            return Err(at.error(
-                &format!("server.{name}"),
-                format!("must be between 1 and {MAX_CLIENT_COUNT}"),
-            ));
-        }
+        check_count(at, &format!("server.{name}"), value, 1, MAX_CLIENT_COUNT)?;
     }
     Ok(ClientLimits {
         header_timeout: server.client_header_timeout.0,
@@ -560,9 +553,6 @@ fn client_limits(server: &file::ServerSection, at: &Locator) -> Result<ClientLim
         max_requests_per_connection: server.max_requests_per_connection,
     })
 }
-
-/// Longest client timeout accepted.
-const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Largest client connection or request count accepted.
 const MAX_CLIENT_COUNT: usize = 1_000_000;
@@ -598,6 +588,7 @@ fn check_count(at: &Locator, key: &str, value: usize, min: usize, max: usize) ->
 }
 
 const MILLISECOND: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
