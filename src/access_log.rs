@@ -9,8 +9,8 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::time::SystemTime;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -83,7 +83,7 @@ pub fn rejected(client: Option<std::net::IpAddr>, protocol: &str) -> Record<'sta
 /// An open access log.
 pub struct AccessLog {
     format: AccessLogFormat,
-    lines: SyncSender<String>,
+    lines: SyncSender<Entry>,
     /// Started by the first line, in the process that serves (see [`LazyThread`]).
     writer: LazyThread,
 }
@@ -116,17 +116,55 @@ impl AccessLog {
             AccessLogFormat::Json => serde_json::to_string(record).unwrap_or_default(),
             AccessLogFormat::Combined => combined(record),
         };
-        if self.lines.try_send(line).is_err() {
+        if self.lines.try_send(Entry::Line(line)).is_err() {
             DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Waits (at most `within`) until every line queued so far is written out: the process is
+    /// about to exit.
+    pub fn flush(&self, within: Duration) {
+        if !self.writer.is_started() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + within;
+        let (done, flushed) = channel();
+        let mut marker = Entry::Flush(done);
+        loop {
+            match self.lines.try_send(marker) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    marker = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = flushed.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
+/// What the writer thread is handed.
+enum Entry {
+    /// One formatted line.
+    Line(String),
+    /// Flush what came before, then signal.
+    Flush(Sender<()>),
 }
 
 /// The writer thread: writes lines as they come, flushing whenever the queue is empty. Ends
 /// when the log is dropped (a reload replaced it).
-fn write_lines(queue: Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>, name: &str) {
+fn write_lines(queue: Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, name: &str) {
     let mut failed = false;
-    let mut write = |out: &mut BufWriter<_>, line: String| {
+    let mut write = |out: &mut BufWriter<_>, entry: Entry| {
+        let line = match entry {
+            Entry::Line(line) => line,
+            Entry::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+                return;
+            }
+        };
         let result = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n"));
         if let Err(error) = result {
             if !failed {

@@ -18,7 +18,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cache::MokaStorage;
 use crate::config::WebhookSettings;
@@ -130,6 +130,7 @@ pub fn channel(node: &str, endpoints: Endpoints) -> (EventSink, WebhookDispatche
         sink: sink.clone(),
         health: None,
         storage: None,
+        finished: watch::channel(false).0,
     };
     (sink, dispatcher)
 }
@@ -143,9 +144,16 @@ pub struct WebhookDispatcher {
     sink: EventSink,
     health: Option<HealthEvents>,
     storage: Option<&'static MokaStorage>,
+    finished: watch::Sender<bool>,
 }
 
 impl WebhookDispatcher {
+    /// Becomes `true` once the dispatcher has stopped, its `node_stopping` announced: the
+    /// process waits for it before exiting.
+    pub fn finished(&self) -> watch::Receiver<bool> {
+        self.finished.subscribe()
+    }
+
     /// Also emits `origin_health` events for changes published on `health`.
     pub fn watching_health(mut self, health: &HealthEvents) -> WebhookDispatcher {
         self.health = Some(health.clone());
@@ -231,7 +239,15 @@ impl WebhookDispatcher {
 
 #[async_trait]
 impl BackgroundService for WebhookDispatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.run(shutdown).await;
+        self.finished.send_replace(true);
+    }
+}
+
+impl WebhookDispatcher {
+    /// Delivers events until shutdown, then announces the stop.
+    async fn run(&self, mut shutdown: ShutdownWatch) {
         let Some(mut receiver) = self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };

@@ -37,6 +37,11 @@ impl LazyThread {
             }
         });
     }
+
+    /// Whether the thread was started (work was handed to it).
+    pub fn is_started(&self) -> bool {
+        self.started.get().is_some()
+    }
 }
 
 #[cfg(test)]

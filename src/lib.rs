@@ -35,5 +35,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod stop;
 pub mod tls;
 pub mod upstream;

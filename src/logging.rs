@@ -24,13 +24,15 @@ pub fn suppressed_client_errors() -> u64 {
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level;
-/// `EDGECACHE_LOG_FORMAT=json` switches to one JSON object per line.
+/// `EDGECACHE_LOG_FORMAT=json` switches to one JSON object per line. Colours only on a
+/// terminal: journald and log files get plain text.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_cache::meta=error"));
     let json = std::env::var("EDGECACHE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let format = tracing_subscriber::fmt::layer()
         .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let format: Box<dyn Layer<_> + Send + Sync> = if json {
         Box::new(format.json())

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     }
     edgecache::logging::init();
     let daemon = cli.pingora.daemon;
-    let built = match edgecache::server::build(&config, Some(cli.pingora)) {
+    let mut built = match edgecache::server::build(&config, Some(cli.pingora)) {
         Ok(built) => built,
         Err(e) => {
             eprintln!("edgecache: {e}");
@@ -89,5 +89,11 @@ fn main() -> ExitCode {
     if config.demo_listen.is_some() && !daemon {
         edgecache::demo::show_caching(config.server.listen[0]);
     }
+    built
+        .server
+        .add_service(pingora::services::background::background_service(
+            "stop",
+            built.stopper,
+        ));
     built.server.run_forever()
 }

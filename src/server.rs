@@ -26,6 +26,7 @@ use crate::proxy::connections::{
 use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
 use crate::reload::{HangupWatcher, Reloader, Targets};
+use crate::stop::{Stopper, PINGORA_GRACE_MARGIN};
 use crate::tls::SniResolver;
 use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
 
@@ -48,6 +49,9 @@ pub struct EdgeServer {
     pub storage: &'static crate::cache::MokaStorage,
     /// Origin health changes, for whoever subscribes.
     pub health_events: HealthEvents,
+    /// Ends the process once a shutdown has drained the connections, or on SIGINT: the binary
+    /// adds it as a service (a process hosting the server for tests keeps its own signals).
+    pub stopper: Stopper,
 }
 
 /// Read buffer of a client connection. pingora's default (64 KiB, allocated when the connection
@@ -96,7 +100,7 @@ fn server_conf(config: &Config) -> ServerConf {
     let settings = &config.server;
     ServerConf {
         threads: settings.threads,
-        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        grace_period_seconds: Some((settings.grace_period + PINGORA_GRACE_MARGIN).as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: settings.upgrade_sock.clone(),
         pid_file: settings.pid_file.clone(),
@@ -120,6 +124,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let webhooks: Endpoints = Arc::new(ArcSwap::from_pointee(config.webhooks.clone()));
     let (events, dispatcher) = events::channel(&config.server.node_name, webhooks.clone());
     let dispatcher = dispatcher.watching_health(&health_events).watching_cache(storage);
+    let webhooks_finished = dispatcher.finished();
     server.add_service(background_service("webhooks", dispatcher));
     let pools = runtime.clone();
     let checks = HealthCheckRunner::new(move || pools.load().pools());
@@ -137,6 +142,18 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
             log.log(&crate::access_log::rejected(client, protocol));
         }
     });
+    let log_runtime = runtime.clone();
+    let flush_access_log = Arc::new(move |within| {
+        if let Some(log) = &log_runtime.load().access_log {
+            log.flush(within);
+        }
+    });
+    let stopper = Stopper::new(
+        config.server.grace_period,
+        table.clone(),
+        webhooks_finished,
+        flush_access_log,
+    );
     let connections = ClientConnections::new(app, table.clone(), config.server.h2c, rejected);
     let mut service = Service::new("edgecache proxy".to_string(), connections);
     add_plain_listeners(config, &mut service);
@@ -173,5 +190,6 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
         server,
         storage,
         health_events,
+        stopper,
     })
 }

@@ -582,3 +582,138 @@ async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
     drop(new);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config with `grace_period` and a webhook endpoint for `node_stopping` at `hook`.
+fn stopping_config(
+    dir: &Path,
+    listen: SocketAddr,
+    origin: SocketAddr,
+    grace: &str,
+    hook: SocketAddr,
+) -> PathBuf {
+    let file = config_with(
+        dir,
+        listen,
+        origin,
+        &format!("grace_period = \"{grace}\"\ngraceful_shutdown_timeout = \"1s\""),
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "[[webhook]]\nurl = \"http://{hook}/hook\"\nevents = [\"node_stopping\"]\nsecret = \"0123456789abcdef\"\n"
+    ));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nothing_in_flight_exits_at_once_after_announcing_the_stop() {
+    let origin = Origin::start().await;
+    origin.route("/p", |_, _| Reply::ok("p").header("cache-control", "no-store"));
+    origin.route("/hook", |_, _| Reply::ok(""));
+    let dir = temp_dir("term-idle");
+    let listen = free_port();
+    let config = stopping_config(&dir, listen, origin.addr, "30s", origin.addr);
+    let mut proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+    let resp = common::client()
+        .get(format!("http://{listen}/p"))
+        .header("connection", "close");
+    assert_eq!(resp.send().await.unwrap().status(), 200);
+
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    assert!(
+        proxy.exited(Duration::from_secs(5)),
+        "still running 5 s after SIGTERM with nothing in flight (grace period 30 s)"
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert_eq!(origin.hits("/hook"), 1, "node_stopping delivered before exiting");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_on_an_idle_keep_alive_connection_while_draining_is_answered_with_close() {
+    let origin = Origin::start().await;
+    origin.route("/k", |_, _| Reply::ok("k").header("cache-control", "max-age=600"));
+    let dir = temp_dir("term-keepalive");
+    let listen = free_port();
+    let config = config_with(&dir, listen, origin.addr, "grace_period = \"30s\"");
+    let mut proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    assert!(keepalive_request(&mut stream, "/k")
+        .await
+        .starts_with("HTTP/1.1 200"));
+
+    proxy.signal("TERM");
+    assert!(proxy.log_line("Broadcast graceful shutdown complete", Duration::from_secs(5)).is_some());
+    // The client's next request comes a little after the drain began, as a client with some
+    // think time would send it, on the connection it was told it could keep.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let answer = keepalive_request(&mut stream, "/k").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        proxy.exited(Duration::from_secs(5)),
+        "exits once the connection is closed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_cuts_what_is_still_in_flight_and_says_so() {
+    let origin = Origin::start().await;
+    origin.route("/slow", |_, _| {
+        Reply::ok("late")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_secs(20))
+    });
+    let dir = temp_dir("term-cut");
+    let listen = free_port();
+    let config = config_with(
+        &dir,
+        listen,
+        origin.addr,
+        "grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"",
+    );
+    let mut proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
+    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    proxy.signal("TERM");
+    let line = proxy.log_line("grace period over", Duration::from_secs(5));
+    let line = line.expect("no log line about the cut response");
+    assert!(line.contains("requests=1"), "{line}");
+    assert!(proxy.exited(Duration::from_secs(5)));
+    assert!(in_flight.await.unwrap().is_err(), "the response was cut");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_at_once_even_while_draining() {
+    let origin = Origin::start().await;
+    origin.route("/slow", |_, _| {
+        Reply::ok("late")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_secs(20))
+    });
+    let dir = temp_dir("int");
+    let listen = free_port();
+    let config = config_with(&dir, listen, origin.addr, "grace_period = \"30s\"");
+    let mut proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
+    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    proxy.signal("TERM");
+    assert!(proxy.log_line("Broadcast graceful shutdown complete", Duration::from_secs(5)).is_some());
+    proxy.signal("INT");
+    assert!(
+        proxy.exited(Duration::from_secs(3)),
+        "SIGINT during a 30 s grace period did not stop the process"
+    );
+    assert!(in_flight.await.unwrap().is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,8 +20,13 @@
 //! Deadlines use pingora's coarse timer wheel (10 ms ticks), which costs no wake-up of the
 //! event loop per request, unlike tokio's timers.
 //!
-//! On shutdown, connections accepted just before it are still served: pingora drops every
-//! connection waiting for its request header at once, so the cleanup is delayed by [`SETTLE`].
+//! On shutdown (SIGTERM, or the old process of an upgrade) every connection drains: a request
+//! in flight finishes and its answer says `Connection: close`; an idle keep-alive connection is
+//! kept for [`DRAIN_IDLE`] in case its client already sent its next request (which is answered,
+//! with `Connection: close`), then closed; HTTP/2 connections get `GOAWAY`. pingora aborts the
+//! requests still reading their header when its cleanup runs, so the cleanup waits for the idle
+//! connections first. The table counts open connections and requests in flight, so the process
+//! can exit as soon as the last one is done.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -44,8 +49,14 @@ use tokio::sync::Notify;
 use crate::config::ClientLimits;
 use crate::metrics::ClientCounters;
 
-/// How long connections without a request yet are kept after the listeners close.
-pub const SETTLE: Duration = Duration::from_millis(250);
+/// How long a keep-alive connection idle when draining begins may still bring its next request.
+/// A client may send a request at the very moment the server closes its idle connection, and
+/// then sees the connection fail; keeping it briefly answers that request instead.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+/// How long a request whose first byte arrived may still take over its header after the idle
+/// connections closed, before pingora's cleanup aborts it.
+const DRAIN_HEADER: Duration = Duration::from_millis(250);
 
 /// Streams an HTTP/2 connection must have opened before its cancellations are judged.
 pub const RESET_FLOOD_MIN_STREAMS: usize = 100;
@@ -93,6 +104,7 @@ pub fn fit_to_descriptor_limit(wanted: usize, pooled: usize) -> usize {
 pub struct ConnectionTable {
     limits: ClientLimits,
     open: AtomicUsize,
+    requests: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     counters: Arc<ClientCounters>,
 }
@@ -103,6 +115,7 @@ impl ConnectionTable {
         Arc::new(ConnectionTable {
             limits,
             open: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             counters,
         })
@@ -146,6 +159,36 @@ impl ConnectionTable {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Requests being served now (their header read or being read, their answer not yet sent).
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+impl crate::stop::ClientWork for ConnectionTable {
+    fn open_connections(&self) -> usize {
+        self.open()
+    }
+
+    fn requests_in_flight(&self) -> usize {
+        ConnectionTable::requests_in_flight(self)
+    }
+}
+
+/// One request in flight; uncounted when dropped.
+struct InFlight(Arc<ConnectionTable>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -347,8 +390,8 @@ where
     }
 
     /// Waits for the first byte of the next request: `false` when the client closes, stays
-    /// silent for `idle_limit`, or the server shuts down (idle connections then close after
-    /// [`SETTLE`], so clients move to the new process of an upgrade).
+    /// silent for `idle_limit`, or the server drains (idle connections then close after
+    /// [`DRAIN_IDLE`], so clients move to the new process of an upgrade).
     async fn next_request(
         &self,
         stream: &mut Stream,
@@ -359,7 +402,7 @@ where
         let mut shutdown = shutdown.clone();
         let closing = async {
             let _ = shutdown.wait_for(|down| *down).await;
-            pingora_timeout::sleep(SETTLE).await;
+            pingora_timeout::sleep(DRAIN_IDLE).await;
         };
         tokio::select! {
             peeked = pingora_timeout::timeout(idle_limit, stream.try_peek(&mut byte)) => match peeked {
@@ -381,6 +424,7 @@ where
         header_deadline: Duration,
         shutdown: &ShutdownWatch,
     ) -> Option<pingora::apps::ReusedHttpStream> {
+        let _in_flight = self.table.request_started();
         HEADER_READ
             .scope(Cell::new(false), async {
                 let deadline = async {
@@ -487,10 +531,11 @@ where
         let app = self.app.clone();
         let shutdown = shutdown.clone();
         let active = ActiveStream::start(tally);
+        let in_flight = self.table.request_started();
         let tally = tally.clone();
         let send_timeout = self.limits().send_timeout;
         tokio::spawn(H2_STREAMS.scope(tally, async move {
-            let _active = active;
+            let _active = (active, in_flight);
             let mut session = ServerSession::new_http2(session);
             session.set_write_timeout(Some(send_timeout));
             app.process_new_http(session, &shutdown).await;
@@ -514,7 +559,7 @@ where
     }
 
     async fn cleanup(&self) {
-        pingora_timeout::sleep(SETTLE).await;
+        pingora_timeout::sleep(DRAIN_IDLE + DRAIN_HEADER).await;
         self.app.http_cleanup().await;
     }
 }
