@@ -192,7 +192,7 @@ fn compressed_hit(c: &mut Criterion) {
 /// One iteration: a tag purge that matches nothing, scanning 100,000 stored entries (the cost
 /// of every prefix, host and tag purge is this scan plus the entries it touches).
 fn purge_scan(c: &mut Criterion) {
-    use edgecache::cache::storage::PurgeScope;
+    use edgecache::purge::PurgeScope;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

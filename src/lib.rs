@@ -24,17 +24,22 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authority;
 pub mod cache;
 pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod field_list;
 pub mod lazy_thread;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod purge;
 pub mod reload;
+pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod stop;
 pub mod tls;
 pub mod upstream;

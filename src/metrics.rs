@@ -14,9 +14,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::cache::MokaStorage;
-use crate::events::WebhookStats;
-use crate::proxy::runtime::Runtime;
+use crate::status::NodeStatus;
 
 /// Latency buckets in seconds, from cache-hit to slow-origin territory.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -353,46 +351,42 @@ impl Metrics {
             .set(suppressed);
     }
 
-    /// The Prometheus text exposition of every metric, state gauges read now.
-    pub fn render(&self, runtime: &Runtime, storage: &MokaStorage, webhooks: &WebhookStats) -> String {
-        self.cache_entries.set(storage.entry_count() as i64);
-        self.cache_bytes.set(storage.weighted_size() as i64);
-        self.cache_evictions.set(storage.evictions() as i64);
+    /// The Prometheus text exposition of every metric, the state gauges set from `status`.
+    pub fn render(&self, status: &NodeStatus) -> String {
+        let cache = &status.cache;
+        self.cache_entries.set(cache.entries as i64);
+        self.cache_bytes.set(cache.bytes as i64);
+        self.cache_evictions.set(cache.evictions as i64);
         self.render_clients();
-        let (hits, lookups) = self.hits_and_lookups();
-        self.hit_ratio.set(if lookups == 0 {
-            0.0
-        } else {
-            hits as f64 / lookups as f64
-        });
+        self.hit_ratio.set(cache.hit_ratio);
         self.origin_up.reset();
         self.certificate_expiry.reset();
         let now = std::time::SystemTime::now();
-        for site in &runtime.sites {
-            let name = site.settings.hosts.first().map_or("default", String::as_str);
-            if let Some(certificate) = &site.settings.tls {
-                let left = match certificate.not_after.duration_since(now) {
+        for site in &status.sites {
+            if let Some(not_after) = site.certificate_not_after {
+                let left = match not_after.duration_since(now) {
                     Ok(left) => left.as_secs_f64(),
                     Err(past) => -past.duration().as_secs_f64(),
                 };
-                self.certificate_expiry.with_label_values(&[name]).set(left);
+                self.certificate_expiry.with_label_values(&[&site.name]).set(left);
             }
-            for origin in site.origins.health() {
+            for origin in &site.origins {
                 let up = if origin.healthy { 1.0 } else { 0.0 };
-                self.origin_up.with_label_values(&[name, &origin.addr]).set(up);
+                self.origin_up
+                    .with_label_values(&[&site.name, &origin.addr])
+                    .set(up);
             }
         }
-        for (result, counter) in [
-            ("delivered", &webhooks.delivered),
-            ("failed", &webhooks.failed),
-            ("retried", &webhooks.retried),
-            ("dropped", &webhooks.dropped),
+        let webhooks = &status.webhooks;
+        for (result, count) in [
+            ("delivered", webhooks.delivered),
+            ("failed", webhooks.failed),
+            ("retried", webhooks.retried),
+            ("dropped", webhooks.dropped),
         ] {
-            self.webhooks
-                .with_label_values(&[result])
-                .set(counter.load(Ordering::Relaxed) as f64);
+            self.webhooks.with_label_values(&[result]).set(count as f64);
         }
-        self.config_version.set(runtime.version as i64);
+        self.config_version.set(status.config.version as i64);
         self.access_log_dropped
             .set(crate::access_log::DROPPED_LINES.load(Ordering::Relaxed) as i64);
         let mut text = Vec::new();

@@ -22,7 +22,7 @@ use crate::compression::CompressionPolicy;
 use crate::config::{Config, ConfigError};
 use crate::events::{Endpoints, EventSink};
 use crate::metrics::Metrics;
-use crate::proxy::runtime::{Runtime, SharedRuntime};
+use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::SniResolver;
 use crate::upstream::HealthEvents;
 
@@ -123,7 +123,7 @@ impl Reloader {
         targets
             .storage
             .set_compression(CompressionPolicy::new(&config.compression));
-        targets.certificates.replace(&config);
+        targets.certificates.replace(config.certificates());
         targets.webhooks.store(Arc::new(config.webhooks.clone()));
         targets.runtime.store(Arc::new(runtime));
         Ok(version)

@@ -23,9 +23,9 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::{
     fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable, RejectedRequests,
 };
-use crate::proxy::runtime::{self, Runtime};
 use crate::proxy::{CacheEngine, EdgeProxy};
 use crate::reload::{HangupWatcher, Reloader, Targets};
+use crate::runtime::{self, Runtime};
 use crate::stop::{Stopper, PINGORA_GRACE_MARGIN};
 use crate::tls::SniResolver;
 use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
@@ -157,7 +157,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let connections = ClientConnections::new(app, table.clone(), config.server.h2c, rejected);
     let mut service = Service::new("edgecache proxy".to_string(), connections);
     add_plain_listeners(config, &mut service);
-    let certificates = Arc::new(SniResolver::new(config));
+    let certificates = Arc::new(SniResolver::new(config.certificates()));
     add_tls_listeners(config, &certificates, &table, &mut service)?;
     let reloader = Arc::new(Reloader::new(
         config,

@@ -16,8 +16,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::Config;
-
 /// A certificate chain with its private key, ready to serve.
 #[derive(Debug, Clone)]
 pub struct LoadedCertificate {
@@ -95,6 +93,17 @@ fn leaf_not_after(key: &CertifiedKey) -> Result<SystemTime, String> {
 /// Certificates expiring sooner than this are warned about at startup and on reload.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
+/// One site's certificate and the hosts it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteCertificate<'a> {
+    /// The site's host names (a `*.` prefix matches one label).
+    pub hosts: &'a [String],
+    /// The default site: its certificate answers unknown server names.
+    pub default: bool,
+    /// The loaded certificate and key.
+    pub certificate: &'a LoadedCertificate,
+}
+
 /// The certificates of one config: by host, plus the default.
 #[derive(Debug, Default)]
 struct CertificateTable {
@@ -105,26 +114,20 @@ struct CertificateTable {
 impl CertificateTable {
     /// Every site with a certificate contributes its hosts; the default site's certificate (or
     /// the first one) answers clients without a known server name.
-    fn of(config: &Config) -> CertificateTable {
-        let tls_sites: Vec<_> = config
-            .sites
-            .iter()
-            .filter_map(|s| s.tls.as_ref().map(|c| (s, c)))
-            .collect();
-        let default = tls_sites
-            .iter()
-            .find(|(site, _)| site.default)
-            .or(tls_sites.first());
+    fn of<'a>(sites: impl IntoIterator<Item = SiteCertificate<'a>>) -> CertificateTable {
+        let tls_sites: Vec<_> = sites.into_iter().collect();
+        let default = tls_sites.iter().find(|site| site.default).or(tls_sites.first());
         let mut table = CertificateTable {
-            default: default.map(|(_, c)| c.key.clone()),
+            default: default.map(|site| site.certificate.key.clone()),
             ..Default::default()
         };
-        for (site, certificate) in &tls_sites {
+        for site in &tls_sites {
+            let certificate = site.certificate;
             if certificate.expires_within(EXPIRY_WARNING) {
                 tracing::warn!(hosts = ?site.hosts, not_after = %httpdate::fmt_http_date(certificate.not_after),
                     "TLS certificate expires within 14 days");
             }
-            for host in &site.hosts {
+            for host in site.hosts {
                 table
                     .by_host
                     .entry(host.clone())
@@ -143,16 +146,16 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
-    /// A resolver over the certificates of `config`.
-    pub fn new(config: &Config) -> SniResolver {
+    /// A resolver over the certificates of `sites`.
+    pub fn new<'a>(sites: impl IntoIterator<Item = SiteCertificate<'a>>) -> SniResolver {
         SniResolver {
-            table: RwLock::new(Arc::new(CertificateTable::of(config))),
+            table: RwLock::new(Arc::new(CertificateTable::of(sites))),
         }
     }
 
-    /// Serves the certificates of `config` from the next handshake on.
-    pub fn replace(&self, config: &Config) {
-        let table = Arc::new(CertificateTable::of(config));
+    /// Serves the certificates of `sites` from the next handshake on.
+    pub fn replace<'a>(&self, sites: impl IntoIterator<Item = SiteCertificate<'a>>) {
+        let table = Arc::new(CertificateTable::of(sites));
         *self
             .table
             .write()

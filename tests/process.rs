@@ -646,7 +646,9 @@ async fn a_request_sent_on_an_idle_keep_alive_connection_while_draining_is_answe
         .starts_with("HTTP/1.1 200"));
 
     proxy.signal("TERM");
-    assert!(proxy.log_line("Broadcast graceful shutdown complete", Duration::from_secs(5)).is_some());
+    assert!(proxy
+        .log_line("Broadcast graceful shutdown complete", Duration::from_secs(5))
+        .is_some());
     // The client's next request comes a little after the drain began, as a client with some
     // think time would send it, on the connection it was told it could keep.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -708,7 +710,9 @@ async fn sigint_stops_at_once_even_while_draining() {
     let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
     assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
     proxy.signal("TERM");
-    assert!(proxy.log_line("Broadcast graceful shutdown complete", Duration::from_secs(5)).is_some());
+    assert!(proxy
+        .log_line("Broadcast graceful shutdown complete", Duration::from_secs(5))
+        .is_some());
     proxy.signal("INT");
     assert!(
         proxy.exited(Duration::from_secs(3)),

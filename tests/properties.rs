@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use edgecache::authority::{host_of_authority, normalize_host, request_authority};
 use edgecache::cache::key::components;
 use edgecache::cache::policy::{request_freshness, response_cache_control};
 use edgecache::cache::storage::response_tags;
@@ -10,7 +11,6 @@ use edgecache::cache::vary::{variance, AcceptEncodingVariance};
 use edgecache::cache::{cache_key, CachePolicy, CacheTarget};
 use edgecache::compression::Accepted;
 use edgecache::config::Config;
-use edgecache::proxy::routing::{host_of_authority, normalize_host, request_authority};
 use pingora::cache::CacheMeta;
 use pingora::http::{RequestHeader, ResponseHeader};
 use proptest::prelude::*;
@@ -163,7 +163,7 @@ proptest! {
         "[ -~]{0,80}",
         "\\{\"(url|prefix|host|tag|soft)\": ?(\"[ -~]{0,30}\"|true|false|1|null)\\}",
     ]) {
-        let _ = edgecache::admin::parse_purge_request(body.as_bytes());
+        let _ = edgecache::purge::parse_purge_request(body.as_bytes());
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{client, eventually, get, Origin, Proxy, Reply};
-use edgecache::cache::storage::PurgeScope;
+use edgecache::purge::PurgeScope;
 
 /// An origin whose first answer for `path` is slow and old, and every later one new.
 fn old_then_new(origin: &Origin, path: &str) {

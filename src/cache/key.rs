@@ -26,7 +26,7 @@ pub struct CacheTarget {
 impl CacheTarget {
     /// The target of a request, or `None` when it has no usable host or path (e.g. `OPTIONS *`).
     pub fn of_request(req: &RequestHeader, scheme: &'static str) -> Option<CacheTarget> {
-        let (host, authority) = crate::proxy::routing::host_and_authority(req, scheme).ok()?;
+        let (host, authority) = crate::authority::host_and_authority(req, scheme).ok()?;
         CacheTarget::with_authority(req, scheme, host, authority)
     }
 

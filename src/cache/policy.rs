@@ -15,6 +15,7 @@ use pingora::cache::{CacheMeta, CacheMetaDefaults, ForcedFreshness, NoCacheReaso
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::CacheSettings;
+use crate::field_list;
 
 /// Response header that overrides `Cache-Control` for CDNs (RFC 9213); never sent downstream.
 pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
@@ -198,12 +199,7 @@ pub fn response_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
 }
 
 fn has_vary_star(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get_all("vary")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| name.trim() == "*")
+    field_list::items(&resp.headers, "vary").any(|name| name == "*")
 }
 
 /// A `Set-Cookie` response is shareable only when `private="set-cookie"` or

@@ -1,4 +1,4 @@
-//! Purges win over fills already in flight.
+//! What a purge covers ([`PurgeScope`]), and purges win over fills already in flight.
 //!
 //! A miss may take a while: the request goes to the origin, the body streams in, and only then
 //! is the response stored. A purge that happens in between finds nothing to delete, and without
@@ -15,7 +15,61 @@ use std::time::{Duration, Instant};
 
 use pingora::cache::key::HashBinary;
 
-use super::storage::PurgeScope;
+/// Which stored URLs a purge applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// One URL (every variant and coding of it). No scheme: both http and https.
+    Url {
+        /// `http`, `https`, or any.
+        scheme: Option<String>,
+        /// Lower-cased host.
+        host: String,
+        /// Path and query.
+        path: String,
+    },
+    /// Every URL of a host whose path starts with a prefix.
+    Prefix {
+        /// `http`, `https`, or any.
+        scheme: Option<String>,
+        /// Lower-cased host.
+        host: String,
+        /// Path prefix.
+        path: String,
+    },
+    /// Every URL of a host.
+    Host(String),
+    /// Every response tagged so by its origin.
+    Tag(String),
+}
+
+impl PurgeScope {
+    /// Whether a stored response with this primary key and these tags is in the scope.
+    pub fn matches(&self, primary: &[u8], tags: &[Box<str>]) -> bool {
+        if let PurgeScope::Tag(tag) = self {
+            return tags.iter().any(|t| **t == **tag);
+        }
+        let Some((scheme, authority, path)) = super::key::components(primary) else {
+            return false;
+        };
+        // A purge names hosts without ports and covers every port the host was requested on.
+        let host = crate::authority::host_of_authority(authority);
+        let scheme_ok = |wanted: &Option<String>| wanted.as_deref().is_none_or(|w| w.as_bytes() == scheme);
+        match self {
+            PurgeScope::Url {
+                scheme: s,
+                host: h,
+                path: p,
+            } => scheme_ok(s) && h.as_bytes() == host && p.as_bytes() == path,
+            PurgeScope::Prefix {
+                scheme: s,
+                host: h,
+                path: p,
+            } => scheme_ok(s) && h.as_bytes() == host && path.starts_with(p.as_bytes()),
+            PurgeScope::Host(h) => h.as_bytes() == host,
+            PurgeScope::Tag(_) => false,
+        }
+    }
+}
 
 /// Purges remembered one by one.
 pub const MAX_RECORDS: usize = 4096;

@@ -28,6 +28,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
 use super::fill_budget::{FillBudget, Reservation};
+use super::purge_log::PurgeScope;
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
 use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
@@ -246,62 +247,6 @@ pub struct MokaStorage {
     purges: PurgeLog,
     /// Bound on the bodies being collected by fills in flight.
     fills: &'static FillBudget,
-}
-
-/// Which stored URLs a purge applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PurgeScope {
-    /// One URL (every variant and coding of it). No scheme: both http and https.
-    Url {
-        /// `http`, `https`, or any.
-        scheme: Option<String>,
-        /// Lower-cased host.
-        host: String,
-        /// Path and query.
-        path: String,
-    },
-    /// Every URL of a host whose path starts with a prefix.
-    Prefix {
-        /// `http`, `https`, or any.
-        scheme: Option<String>,
-        /// Lower-cased host.
-        host: String,
-        /// Path prefix.
-        path: String,
-    },
-    /// Every URL of a host.
-    Host(String),
-    /// Every response tagged so by its origin.
-    Tag(String),
-}
-
-impl PurgeScope {
-    /// Whether a stored response with this primary key and these tags is in the scope.
-    pub fn matches(&self, primary: &[u8], tags: &[Box<str>]) -> bool {
-        if let PurgeScope::Tag(tag) = self {
-            return tags.iter().any(|t| **t == **tag);
-        }
-        let Some((scheme, authority, path)) = super::key::components(primary) else {
-            return false;
-        };
-        // A purge names hosts without ports and covers every port the host was requested on.
-        let host = crate::proxy::routing::host_of_authority(authority);
-        let scheme_ok = |wanted: &Option<String>| wanted.as_deref().is_none_or(|w| w.as_bytes() == scheme);
-        match self {
-            PurgeScope::Url {
-                scheme: s,
-                host: h,
-                path: p,
-            } => scheme_ok(s) && h.as_bytes() == host && p.as_bytes() == path,
-            PurgeScope::Prefix {
-                scheme: s,
-                host: h,
-                path: p,
-            } => scheme_ok(s) && h.as_bytes() == host && path.starts_with(p.as_bytes()),
-            PurgeScope::Host(h) => h.as_bytes() == host,
-            PurgeScope::Tag(_) => false,
-        }
-    }
 }
 
 /// The purge tags a response carries: `Surrogate-Key` (space separated) and `Cache-Tag`

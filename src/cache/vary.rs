@@ -11,6 +11,8 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
+use crate::field_list;
+
 /// How `Vary: Accept-Encoding` selects a variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptEncodingVariance {
@@ -44,14 +46,8 @@ pub fn variance(
 
 /// Lower-cased, sorted, de-duplicated header names listed in the stored `Vary`.
 fn vary_names(meta: &CacheMeta) -> Vec<String> {
-    let mut names: Vec<String> = meta
-        .headers()
-        .get_all("vary")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
+    let mut names: Vec<String> = field_list::items(meta.headers(), "vary")
+        .map(str::to_ascii_lowercase)
         .collect();
     names.sort();
     names.dedup();

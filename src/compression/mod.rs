@@ -21,6 +21,7 @@ use pingora::http::ResponseHeader;
 pub use accept::Accepted;
 
 use crate::config::CompressionSettings;
+use crate::field_list;
 
 /// A content coding the proxy stores and serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,13 +234,8 @@ impl TypePattern {
 
 /// `Cache-Control: no-transform` forbids changing the content coding (RFC 9111 §5.2.2.6).
 fn forbids_transform(header: &ResponseHeader) -> bool {
-    header
-        .headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+    field_list::items(&header.headers, http::header::CACHE_CONTROL)
+        .any(|directive| directive.eq_ignore_ascii_case("no-transform"))
 }
 
 fn content_length(header: &ResponseHeader) -> Option<usize> {
@@ -254,16 +250,8 @@ fn content_length(header: &ResponseHeader) -> Option<usize> {
 
 /// Adds `Accept-Encoding` to the header's `Vary` unless it is listed already (or `Vary: *`).
 pub fn add_vary_accept_encoding(header: &mut ResponseHeader) -> pingora::Result<()> {
-    let listed = header
-        .headers
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| {
-            let name = name.trim();
-            name == "*" || name.eq_ignore_ascii_case("accept-encoding")
-        });
+    let listed = field_list::items(&header.headers, http::header::VARY)
+        .any(|name| name == "*" || name.eq_ignore_ascii_case("accept-encoding"));
     if !listed {
         header.append_header(http::header::VARY, "Accept-Encoding")?;
     }

@@ -334,6 +334,17 @@ pub struct HealthCheckSettings {
 }
 
 impl Config {
+    /// The sites that have a TLS certificate, with their hosts, for the SNI resolver.
+    pub fn certificates(&self) -> impl Iterator<Item = crate::tls::SiteCertificate<'_>> {
+        self.sites.iter().filter_map(|site| {
+            Some(crate::tls::SiteCertificate {
+                hosts: &site.hosts,
+                default: site.default,
+                certificate: site.tls.as_ref()?,
+            })
+        })
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -871,7 +882,7 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
     }
     let mut hosts = Vec::with_capacity(site.hosts.len());
     for (i, host) in site.hosts.iter().enumerate() {
-        let normalized = crate::proxy::routing::normalize_host(host);
+        let normalized = crate::authority::normalize_host(host);
         if normalized.is_empty() || normalized.contains(['/', ' ', '@']) {
             return Err(at.error(
                 &key(&format!("hosts[{i}]")),

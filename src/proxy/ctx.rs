@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::runtime::Runtime;
+use crate::runtime::Runtime;
 
 use crate::cache::CacheTarget;
 use crate::compression::stream::StreamEncoder;

@@ -4,6 +4,8 @@ use http::header::{HeaderName, CONNECTION};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::field_list;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
 /// to pingora, which re-frames bodies itself; `Upgrade` is kept only for protocol switches.
 const HOP_BY_HOP: [&str; 6] = [
@@ -17,12 +19,8 @@ const HOP_BY_HOP: [&str; 6] = [
 
 /// Names listed in `Connection`, which are hop-by-hop for this message.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    field_list::items(headers, CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| name != "transfer-encoding" && name != "upgrade")
         .collect()
 }
@@ -64,38 +62,6 @@ pub fn repeated_content_length(headers: &HeaderMap) -> Option<HeaderValue> {
         repeated = true;
     }
     repeated.then(|| first.clone())
-}
-
-/// This proxy's `Via` entries (RFC 9110 §7.6.3), built once per protocol version.
-#[derive(Debug, Clone)]
-pub struct Via {
-    http10: HeaderValue,
-    http11: HeaderValue,
-    http2: HeaderValue,
-}
-
-impl Via {
-    /// `Via` values naming this proxy by `pseudonym` (validated as a header value by the config).
-    pub fn new(pseudonym: &str) -> Via {
-        let value = |protocol: &str| {
-            HeaderValue::from_str(&format!("{protocol} {pseudonym}"))
-                .unwrap_or_else(|_| HeaderValue::from_static("1.1 edgecache"))
-        };
-        Via {
-            http10: value("1.0"),
-            http11: value("1.1"),
-            http2: value("2"),
-        }
-    }
-
-    /// The entry for a message received with `version`.
-    pub fn for_version(&self, version: http::Version) -> HeaderValue {
-        match version {
-            http::Version::HTTP_10 => self.http10.clone(),
-            http::Version::HTTP_2 => self.http2.clone(),
-            _ => self.http11.clone(),
-        }
-    }
 }
 
 /// Sets `X-Forwarded-For` (appending the client to any earlier list) and `X-Forwarded-Proto`.

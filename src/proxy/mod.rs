@@ -8,8 +8,6 @@ pub mod cache_status;
 pub mod connections;
 pub mod ctx;
 pub mod headers;
-pub mod routing;
-pub mod runtime;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 
 use crate::access_log;
+use crate::authority;
 use crate::cache::policy::{self, CDN_CACHE_CONTROL};
 use crate::cache::storage::TAG_HEADERS;
 use crate::cache::{cache_key, variants, vary, CacheTarget, MokaStorage};
@@ -36,9 +35,10 @@ use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility}
 use crate::config::Config;
 use crate::events::EventSink;
 use crate::metrics::{Metrics, RequestSample};
+use crate::purge::{self, PurgeReport, PurgeVia};
+use crate::runtime::{SharedRuntime, Site};
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
-use runtime::{SharedRuntime, Site};
 
 /// `CDN-Cache-Control`, parsed once (it is removed from every response).
 const CDN_CACHE_CONTROL_NAME: http::HeaderName = http::HeaderName::from_static(CDN_CACHE_CONTROL);
@@ -137,9 +137,9 @@ impl EdgeProxy {
         };
         let runtime = ctx.runtime.clone();
         let default_site = runtime.router.default_site();
-        let (host, authority) = match routing::host_and_authority(req, scheme) {
+        let (host, authority) = match authority::host_and_authority(req, scheme) {
             Ok((host, authority)) => (Some(host), Some(authority)),
-            Err(false) if default_site.is_some() && routing::is_http10_without_host(req) => (None, None),
+            Err(false) if default_site.is_some() && authority::is_http10_without_host(req) => (None, None),
             Err(bad_port) => {
                 let message = if bad_port {
                     "invalid port in Host header\n"
@@ -186,8 +186,7 @@ impl EdgeProxy {
     /// caches (else 405).
     async fn authorise_purge(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let purge_allow = &ctx.runtime.purge_allow;
-        if !client.is_some_and(|ip| purge_allow.iter().any(|net| net.contains(&ip))) {
+        if !purge::may_purge(client, &ctx.runtime.purge_allow) {
             respond_text(session, 403, "PURGE is not allowed from this address\n").await?;
             return Ok(true);
         }
@@ -501,11 +500,14 @@ impl ProxyHttp for EdgeProxy {
         let target = ctx.route.target.as_ref().map_or(String::new(), |t| {
             format!("{}://{}{}", t.scheme, t.host, t.path_and_query)
         });
-        self.metrics.purged("url", false, entries);
-        self.events.emit(
-            "purge",
-            serde_json::json!({ "kind": "url", "target": target, "soft": false, "entries": entries, "via": "PURGE" }),
-        );
+        let report = PurgeReport {
+            kind: "url",
+            target: &target,
+            soft: false,
+            entries,
+            via: PurgeVia::PurgeMethod,
+        };
+        report.send(&self.metrics, &self.events);
         Ok(())
     }
 
@@ -1014,7 +1016,7 @@ fn is_unsafe(method: &http::Method) -> bool {
 fn same_host_path(value: &str, host: &str) -> Option<String> {
     let uri: http::Uri = value.parse().ok()?;
     if let Some(authority) = uri.authority() {
-        if routing::normalize_host(authority.as_str()) != host {
+        if authority::normalize_host(authority.as_str()) != host {
             return None;
         }
     } else if !value.starts_with('/') {

@@ -5,19 +5,22 @@
 //! config they started with. Listeners, worker threads, the cache's memory bound and the admin
 //! listener are fixed for the life of the process.
 
+mod router;
+mod via;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::headers::Via;
-use super::routing::Router;
 use crate::access_log::AccessLog;
 use crate::cache::CachePolicy;
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, SiteSettings};
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::upstream::{HealthEvents, OriginPool};
+pub use router::Router;
+pub use via::Via;
 
 /// One site at run time: its settings and its origin pool.
 pub struct Site {

@@ -1,0 +1,105 @@
+//! A snapshot of the node: what `/status` shows as JSON and `/metrics` exposes as gauges, taken
+//! once per admin request so both read the same state. A leaf module of plain data; the admin
+//! API takes the snapshot from the running config, the cache and the counters.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// The node at one moment.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// This node's name (`server.node_name`).
+    pub node: String,
+    /// The running edgecache version.
+    pub version: &'static str,
+    /// Seconds since the process started serving.
+    pub uptime_seconds: f64,
+    /// The running config.
+    pub config: ConfigStatus,
+    /// The cache's size and hit counts.
+    pub cache: CacheStatus,
+    /// Each site's origins and certificate.
+    pub sites: Vec<SiteStatus>,
+    /// Webhook deliveries since start.
+    pub webhooks: WebhookCounts,
+}
+
+/// Which config runs.
+#[derive(Debug, Serialize)]
+pub struct ConfigStatus {
+    /// 1 at startup, +1 per applied reload.
+    pub version: u64,
+    /// When it was applied (RFC 3339).
+    pub loaded_at: String,
+}
+
+/// The cache's contents and hit counts.
+#[derive(Debug, Serialize)]
+pub struct CacheStatus {
+    /// Entries stored.
+    pub entries: u64,
+    /// Bytes stored (as weighed against `max_memory`).
+    pub bytes: u64,
+    /// Entries evicted under memory pressure since start.
+    pub evictions: u64,
+    /// Lookups that were hits, since start.
+    pub hits: u64,
+    /// Lookups since start.
+    pub lookups: u64,
+    /// `hits / lookups` (0 before the first lookup).
+    pub hit_ratio: f64,
+}
+
+impl CacheStatus {
+    /// The hit ratio of `hits` out of `lookups`.
+    pub fn ratio(hits: u64, lookups: u64) -> f64 {
+        match lookups {
+            0 => 0.0,
+            _ => hits as f64 / lookups as f64,
+        }
+    }
+}
+
+/// One site.
+#[derive(Debug, Serialize)]
+pub struct SiteStatus {
+    /// The name metrics label it with: its first host, or `default`.
+    #[serde(skip)]
+    pub name: String,
+    /// Host names served.
+    pub hosts: Vec<String>,
+    /// The default site (serves unknown hosts).
+    pub default: bool,
+    /// Its origins and their health.
+    pub origins: Vec<OriginStatus>,
+    /// When its certificate expires (RFC 3339), if it has one.
+    pub certificate_expires: Option<String>,
+    /// The same, as a time.
+    #[serde(skip)]
+    pub certificate_not_after: Option<SystemTime>,
+}
+
+/// One origin.
+#[derive(Debug, Serialize)]
+pub struct OriginStatus {
+    /// `host:port`.
+    pub addr: String,
+    /// A backup origin.
+    pub backup: bool,
+    /// Usable now.
+    pub healthy: bool,
+}
+
+/// Webhook deliveries since start.
+#[derive(Debug, Serialize)]
+pub struct WebhookCounts {
+    /// Delivered (2xx).
+    pub delivered: u64,
+    /// Given up after the last retry.
+    pub failed: u64,
+    /// Attempts retried.
+    pub retried: u64,
+    /// Dropped because the queue was full.
+    pub dropped: u64,
+}
