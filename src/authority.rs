@@ -29,11 +29,22 @@ fn raw_authority(req: &RequestHeader) -> Option<&str> {
 /// form), else the `Host` header. `None` when both are missing or unusable.
 pub fn request_host(req: &RequestHeader) -> Option<String> {
     let host = normalize_host(raw_authority(req)?);
-    let valid = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-    valid.then_some(host)
+    is_valid_host(&host).then_some(host)
+}
+
+/// A registered name (letters, digits, `-`, `.`, `_`) or a bracketed IPv6 literal: nothing a
+/// port could be confused with.
+fn is_valid_host(host: &str) -> bool {
+    let name_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => {
+            !literal.is_empty()
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        }
+        None => !host.is_empty() && host.bytes().all(name_byte),
+    }
 }
 
 /// An HTTP/1.0 request without `Host` (allowed in HTTP/1.0): served by the default site.
@@ -114,6 +125,10 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         assert_eq!(request_host(&req), None);
         req.insert_header("host", "bad host").unwrap();
+        assert_eq!(request_host(&req), None);
+        req.insert_header("host", "::").unwrap();
+        assert_eq!(request_host(&req), None);
+        req.insert_header("host", "[::1").unwrap();
         assert_eq!(request_host(&req), None);
         req.insert_header("host", "Good.example:80").unwrap();
         assert_eq!(request_host(&req).as_deref(), Some("good.example"));

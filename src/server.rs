@@ -16,6 +16,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApi;
+use crate::cache::CacheEngine;
 use crate::config::Config;
 use crate::demo;
 use crate::events::{self, Endpoints};
@@ -23,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::{
     fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable, RejectedRequests,
 };
-use crate::proxy::{CacheEngine, EdgeProxy};
+use crate::proxy::EdgeProxy;
 use crate::reload::{HangupWatcher, Reloader, Targets};
 use crate::runtime::{self, Runtime};
 use crate::stop::{Stopper, PINGORA_GRACE_MARGIN};

@@ -3,7 +3,10 @@
 //! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
 //! Range on hits); this module supplies the parts it leaves to the application.
 
+pub mod engine;
+pub mod failed_refreshes;
 pub mod fill_budget;
+pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod purge_log;
@@ -11,6 +14,7 @@ pub mod storage;
 pub mod variants;
 pub mod vary;
 
+pub use engine::CacheEngine;
 pub use key::{cache_key, CacheTarget};
 pub use policy::CachePolicy;
 pub use storage::MokaStorage;

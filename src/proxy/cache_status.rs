@@ -1,6 +1,12 @@
 //! The `Cache-Status` response header (RFC 9211): how this cache handled the request.
 
 use std::fmt::Write;
+use std::time::SystemTime;
+
+use pingora::cache::CacheMeta;
+
+/// The `Cache-Status` response header (RFC 9211).
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// How the cache took part in one response, gathered over the request's phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +70,19 @@ pub struct CacheStatus<'a> {
     pub detail: Option<&'a str>,
 }
 
-impl CacheStatus<'_> {
+impl<'a> CacheStatus<'a> {
+    /// The value for a request whose forwarding failed (`detail` says why).
+    pub fn of_failure(name: &'a str, outcome: CacheOutcome, detail: &'a str) -> CacheStatus<'a> {
+        CacheStatus {
+            name,
+            outcome,
+            ttl: None,
+            fwd_status: None,
+            stored: false,
+            detail: Some(detail),
+        }
+    }
+
     /// Renders the header value, e.g. `edgecache; fwd=uri-miss; fwd-status=200; stored`.
     pub fn render(&self) -> String {
         let mut out = String::from(self.name);
@@ -101,6 +119,15 @@ impl CacheStatus<'_> {
             let _ = write!(out, "; detail={detail}");
         }
         out
+    }
+}
+
+/// Seconds of freshness left (negative once stale).
+pub fn remaining_ttl(meta: &CacheMeta) -> i64 {
+    let now = SystemTime::now();
+    match meta.fresh_until().duration_since(now) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs() as i64),
     }
 }
 

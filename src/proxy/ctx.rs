@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Site};
 
 use crate::cache::CacheTarget;
 use crate::compression::stream::StreamEncoder;
@@ -38,6 +38,11 @@ impl RequestCtx {
             upstream: UpstreamTrace::default(),
             encoding: Encoding::default(),
         }
+    }
+
+    /// The site the request was routed to, once routed.
+    pub fn site(&self) -> Option<&Site> {
+        self.route.site.and_then(|i| self.runtime.sites.get(i))
     }
 }
 

@@ -3,6 +3,9 @@
 use http::header::{HeaderName, CONNECTION};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{ErrorType, OrErr, Result};
+
+use super::ctx::RequestCtx;
 
 use crate::field_list;
 
@@ -75,6 +78,48 @@ pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr
         let _ = req.insert_header("x-forwarded-for", value);
     }
     let _ = req.insert_header("x-forwarded-proto", scheme);
+}
+
+/// Makes a client's request fit to forward: origin-form URI with a `Host` (whatever the
+/// client's protocol), exactly the authority the response is cached under, no hop-by-hop
+/// headers, one `Content-Length`, `Via` and `X-Forwarded-*`.
+pub fn prepare_for_origin(
+    upstream_request: &mut RequestHeader,
+    ctx: &RequestCtx,
+    client_ip: Option<std::net::IpAddr>,
+    client_version: http::Version,
+) -> Result<()> {
+    if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
+        if upstream_request.headers.get(http::header::HOST).is_none() {
+            upstream_request.insert_header(http::header::HOST, authority)?;
+        }
+        let path = upstream_request
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        upstream_request.set_uri(
+            path.parse()
+                .or_err(ErrorType::InvalidHTTPHeader, "bad request path")?,
+        );
+    }
+    // The origin gets exactly the authority the response is cached under.
+    match &ctx.route.target {
+        Some(target) => upstream_request.insert_header(http::header::HOST, &target.authority)?,
+        None if upstream_request.headers.get(http::header::HOST).is_none() => {
+            if let Some(host) = ctx.site().and_then(|s| s.settings.hosts.first()) {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+        }
+        None => {}
+    }
+    strip_request_hop_by_hop(upstream_request);
+    if let Some(length) = repeated_content_length(&upstream_request.headers) {
+        upstream_request.insert_header(http::header::CONTENT_LENGTH, length)?;
+    }
+    upstream_request.append_header(http::header::VIA, ctx.runtime.via.for_version(client_version))?;
+    set_forwarded(upstream_request, client_ip, ctx.route.scheme);
+    Ok(())
 }
 
 #[cfg(test)]

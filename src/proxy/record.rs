@@ -1,0 +1,57 @@
+//! What is recorded about each request once it is done: its metrics sample and its
+//! access-log line.
+
+use std::time::SystemTime;
+
+use pingora::proxy::Session;
+use pingora::Error;
+
+use super::cache_status::CacheOutcome;
+use super::ctx::RequestCtx;
+use crate::access_log;
+use crate::metrics::{Metrics, RequestSample};
+
+/// Counts the request in the metrics and writes its access-log line.
+pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
+    let req = session.req_header();
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let outcome = ctx.cache.outcome;
+    let cache = outcome.map_or("-", CacheOutcome::label);
+    let total = ctx.started.elapsed();
+    let site_metrics = ctx.site().map(|s| &s.metrics);
+    let sample = RequestSample {
+        cache,
+        status,
+        bytes: session.body_bytes_sent(),
+        total_seconds: total.as_secs_f64(),
+        origin_seconds: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64()),
+        hit: outcome.is_some_and(CacheOutcome::served_from_cache),
+        lookup: ctx.cache.enabled,
+        coalesced: session.cache.lock_duration().is_some(),
+    };
+    metrics.observe(site_metrics, &sample);
+    let Some(log) = &ctx.runtime.access_log else {
+        return;
+    };
+    let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    log.log(&access_log::Record {
+        time: access_log::rfc3339(SystemTime::now() - total),
+        client: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or("-".into(), |a| a.ip().to_string()),
+        method: req.method.as_str(),
+        host: ctx.route.target.as_ref().map_or("-", |t| t.host.as_str()),
+        path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        protocol: format!("{:?}", req.version),
+        status,
+        bytes: session.body_bytes_sent(),
+        referer: header(http::header::REFERER),
+        user_agent: header(http::header::USER_AGENT),
+        cache,
+        origin: ctx.upstream.addr.as_deref().unwrap_or("-"),
+        upstream_ms: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+        total_ms: total.as_secs_f64() * 1000.0,
+        error: error.map(|e| e.to_string()),
+    });
+}

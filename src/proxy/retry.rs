@@ -1,0 +1,66 @@
+//! After an origin failure: whether it counts against the origin, and whether the request is
+//! tried again (on another origin, or on a fresh connection to the same one).
+
+use pingora::{Error, ErrorType};
+
+use super::ctx::RequestCtx;
+use super::errors::is_client_fault;
+
+/// A failure after the connection to an origin was made.
+pub struct ProxyFailure<'a> {
+    /// The origin's address.
+    pub origin: &'a str,
+    /// The request may be sent twice (idempotent, and its body is still buffered).
+    pub idempotent: bool,
+    /// The connection came from the pool.
+    pub upstream_reused: bool,
+}
+
+/// A connection failure counts against the origin; an idempotent request moves on to another
+/// origin, up to the site's retry budget (nothing of the request was sent yet). A client fault
+/// is never retried nor held against the origin.
+pub fn after_connect_failure(e: &mut Error, origin: &str, idempotent: bool, ctx: &mut RequestCtx) {
+    if is_client_fault(e) {
+        e.set_retry(false);
+        return;
+    }
+    ctx.upstream.last_error = Some(e.etype().clone());
+    let Some(site) = ctx.site() else { return };
+    site.origins.record(origin, false);
+    let retries_left = ctx.upstream.tried.len() <= site.origins.retries;
+    if retries_left && idempotent {
+        e.set_retry(true);
+    }
+}
+
+/// A failure after connecting (reset, timeout) counts against the origin, and an idempotent
+/// request that got no response byte yet is retried on another origin within the budget. A
+/// pooled connection the origin had already closed is not the origin's fault: the request is
+/// retried on a fresh connection, to the same origin if need be.
+pub fn after_proxy_failure(e: &mut Error, failure: &ProxyFailure, ctx: &mut RequestCtx) {
+    if is_client_fault(e) {
+        // The client went away or misbehaved: not the origin's fault, and nobody is left to
+        // retry for.
+        e.set_retry(false);
+        return;
+    }
+    ctx.upstream.last_error = Some(e.etype().clone());
+    if !failure.idempotent {
+        e.set_retry(false);
+        return;
+    }
+    if ctx.site().is_none() {
+        return;
+    }
+    let no_response_yet = ctx.upstream.status.is_none();
+    if failure.upstream_reused && no_response_yet {
+        e.retry.decide_reuse(true);
+        ctx.upstream.tried.pop();
+        return;
+    }
+    let Some(site) = ctx.site() else { return };
+    site.origins.record(failure.origin, false);
+    let within_budget = ctx.upstream.tried.len() <= site.origins.retries;
+    let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+    e.set_retry(no_response_yet && within_budget && !timed_out);
+}
