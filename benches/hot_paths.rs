@@ -2,6 +2,9 @@
 //!
 //! Run with `cargo bench`. Each bench states what one iteration does.
 
+#![allow(missing_docs)] // criterion_main! generates an undocumented main
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cache::MokaStorage;
 use crate::config::WebhookSettings;
+use crate::event_kind::EventKind;
 use crate::upstream::HealthEvents;
 
 /// Events waiting for delivery before new ones are dropped.
@@ -54,9 +55,9 @@ pub const SIGNATURE_HEADER: &str = "x-edgecache-signature";
 /// One event as sent.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// Event type (see [`crate::config::EVENT_TYPES`]).
+    /// What happened.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// When it happened (RFC 3339).
     pub time: String,
     /// The node it happened on.
@@ -89,14 +90,14 @@ pub struct EventSink {
 
 impl EventSink {
     /// Queues an event; drops (and counts) it when the queue is full.
-    pub fn emit(&self, kind: &'static str, details: serde_json::Value) {
+    pub fn emit(&self, kind: EventKind, details: serde_json::Value) {
         if self.queue.try_send(self.event(kind, details)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// An event of this node, happening now.
-    fn event(&self, kind: &'static str, details: serde_json::Value) -> Event {
+    fn event(&self, kind: EventKind, details: serde_json::Value) -> Event {
         Event {
             kind,
             time: crate::access_log::rfc3339(SystemTime::now()),
@@ -171,7 +172,7 @@ impl WebhookDispatcher {
         let endpoints = self.endpoints.load_full();
         let subscribed: Vec<_> = endpoints
             .iter()
-            .filter(|e| e.events.iter().any(|k| k == "*" || k == event.kind))
+            .filter(|e| e.events.iter().any(|k| event.kind.matches(k)))
             .collect();
         if subscribed.is_empty() {
             return Vec::new();
@@ -218,7 +219,7 @@ impl WebhookDispatcher {
         }
         *last_event = Some(std::time::Instant::now());
         self.sink.emit(
-            "cache_eviction",
+            EventKind::CacheEviction,
             serde_json::json!({
                 "evicted": evictions - seen,
                 "entries": storage.entry_count(),
@@ -230,7 +231,7 @@ impl WebhookDispatcher {
 
     /// Delivers `node_stopping` with a single quick attempt per endpoint before shutdown.
     async fn announce_stop(&self, client: &reqwest::Client) {
-        let stopping = self.sink.event("node_stopping", serde_json::json!({}));
+        let stopping = self.sink.event(EventKind::NodeStopping, serde_json::json!({}));
         let deliveries = self.deliveries(client, &stopping);
         let all = futures_util::future::join_all(deliveries.iter().map(|d| d.run(1)));
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
@@ -268,7 +269,7 @@ impl WebhookDispatcher {
         let mut evictions_seen = self.storage.map_or(0, |s| s.evictions());
         let mut last_eviction_event: Option<std::time::Instant> = None;
         self.sink.emit(
-            "node_started",
+            EventKind::NodeStarted,
             serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
         );
         loop {
@@ -279,7 +280,7 @@ impl WebhookDispatcher {
                 },
                 change = async { health.as_mut()?.recv().await.ok() }, if health.is_some() => {
                     if let Some(change) = change {
-                        self.sink.emit("origin_health", serde_json::json!({
+                        self.sink.emit(EventKind::OriginHealth, serde_json::json!({
                             "site": change.site, "origin": change.origin, "healthy": change.healthy,
                         }));
                     }
@@ -303,7 +304,7 @@ struct Delivery {
     client: reqwest::Client,
     url: String,
     signature: String,
-    kind: &'static str,
+    kind: EventKind,
     body: Arc<Vec<u8>>,
     stats: Arc<WebhookStats>,
 }
@@ -324,7 +325,7 @@ impl Delivery {
                 }
                 Err(error) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(url = %self.url, event = self.kind, %error, "webhook delivery failed; giving up");
+                    tracing::warn!(url = %self.url, event = self.kind.name(), %error, "webhook delivery failed; giving up");
                 }
             }
         }
@@ -335,7 +336,7 @@ impl Delivery {
             .client
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("x-edgecache-event", self.kind)
+            .header("x-edgecache-event", self.kind.name())
             .header(SIGNATURE_HEADER, &self.signature)
             .body(self.body.as_ref().clone())
             .send()
@@ -358,6 +359,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// `sha256=<hex>` HMAC-SHA256 of `body` keyed by `secret`.
+#[allow(clippy::expect_used, reason = "HMAC accepts keys of any length")]
 pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(body);
@@ -392,7 +394,7 @@ mod tests {
     async fn a_full_queue_drops_and_counts() {
         let (sink, _dispatcher) = channel("n", Arc::new(ArcSwap::from_pointee(Vec::new())));
         for _ in 0..QUEUE_EVENTS + 3 {
-            sink.emit("purge", serde_json::json!({}));
+            sink.emit(EventKind::Purge, serde_json::json!({}));
         }
         assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 3);
     }

@@ -16,7 +16,7 @@
 //!    from the cache ([`compression`]); `logging`: metrics ([`metrics`]) and one access-log line
 //!    ([`access_log`]).
 //!
-//! Stored responses are compressed once, when stored ([`cache::variants`]); the storage picks
+//! Stored responses are compressed once, when stored ([`cache::codings`]); the storage picks
 //! the coding each client accepts. Sites, origins and policies live in a
 //! [`proxy::runtime::Runtime`] that [`reload`] replaces as a whole; the [`admin`] API, webhooks
 //! ([`events`]) and health checks ([`upstream::HealthCheckRunner`]) run as background services
@@ -29,6 +29,7 @@ pub mod cache;
 pub mod compression;
 pub mod config;
 pub mod demo;
+pub mod event_kind;
 pub mod events;
 pub mod field_list;
 pub mod lazy_thread;

@@ -161,6 +161,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh set of metrics in its own registry.
+    #[allow(
+        clippy::expect_used,
+        reason = "metric names, help texts and labels are constants: a failure is a bug every test hits"
+    )]
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -411,6 +415,10 @@ fn status_class(status: u16) -> usize {
 
 impl SiteMetrics {
     /// Handles registered nowhere, replaced before use.
+    #[allow(
+        clippy::expect_used,
+        reason = "metric names, help texts and labels are constants: a failure is a bug every test hits"
+    )]
     fn placeholder() -> SiteMetrics {
         let opts = || HistogramOpts::new("placeholder", "placeholder");
         SiteMetrics {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub use crate::cache::purge_log::PurgeScope;
 use crate::cache::MokaStorage;
+use crate::event_kind::EventKind;
 use crate::events::EventSink;
 use crate::metrics::Metrics;
 
@@ -88,7 +89,7 @@ impl PurgeReport<'_> {
         metrics.purged(kind, soft, entries);
         tracing::info!(kind, target, soft, entries, via, "purge");
         events.emit(
-            "purge",
+            EventKind::Purge,
             serde_json::json!({ "kind": kind, "target": target, "soft": soft, "entries": entries, "via": via }),
         );
     }

@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cache::MokaStorage;
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, ConfigError};
+use crate::event_kind::EventKind;
 use crate::events::{Endpoints, EventSink};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -94,13 +95,14 @@ impl Reloader {
                 tracing::info!(version, "config reloaded");
                 self.targets
                     .events
-                    .emit("config_reload", serde_json::json!({ "version": version }));
+                    .emit(EventKind::ConfigReload, serde_json::json!({ "version": version }));
             }
             Err(e) => {
                 tracing::error!(error = %e, "config reload rejected; the running config stays");
-                self.targets
-                    .events
-                    .emit("config_rejected", serde_json::json!({ "error": e.to_string() }));
+                self.targets.events.emit(
+                    EventKind::ConfigRejected,
+                    serde_json::json!({ "error": e.to_string() }),
+                );
             }
         }
         result

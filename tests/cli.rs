@@ -1,5 +1,7 @@
 //! The command line: `--check` validates configs and reports errors with file, line and key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::process::Command;
 
 fn edgecache(args: &[&str]) -> std::process::Output {

@@ -1,6 +1,8 @@
 //! Compression end to end: negotiation, one origin fetch per URL, stored codings with their own
 //! validators, untouched bodies, on-the-fly compression and a non-blocking event loop.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::Read;
@@ -37,7 +39,7 @@ fn page(len: usize) -> Bytes {
     while text.len() < len {
         state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
         text.push_str(WORDS[(state >> 16) as usize % WORDS.len()]);
-        text.push(if state % 7 == 0 { '\n' } else { ' ' });
+        text.push(if state.is_multiple_of(7) { '\n' } else { ' ' });
     }
     text.truncate(len);
     Bytes::from(text)

@@ -1,5 +1,7 @@
 //! Hostile clients: cache poisoning, resource exhaustion, and blaming origins for client faults.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::{raw_exchange_with, Origin, Proxy, Reply};

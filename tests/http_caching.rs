@@ -1,5 +1,7 @@
 //! RFC 9111 caching behaviour, end to end: a real origin, the real proxy, real HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, SystemTime};

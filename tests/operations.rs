@@ -1,6 +1,8 @@
 //! Operations end to end: the admin API (token, status, metrics, purge, reload), webhooks,
 //! access logs and `Server-Timing`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
 //! Several origins per site: load balancing, retries, backups, health and origin protection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

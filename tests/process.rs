@@ -2,6 +2,8 @@
 //! upgrade (`-u`, then SIGQUIT to the old process) and a graceful SIGTERM, each while requests
 //! keep coming.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::BufRead;

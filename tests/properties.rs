@@ -1,6 +1,8 @@
 //! Property tests of every parser that sees network or file input: no input makes one panic, and
 //! round trips hold where there are any. Case counts are bounded so `cargo test` stays quick.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::time::{Duration, SystemTime};
 
 use edgecache::authority::{host_of_authority, normalize_host, request_authority};

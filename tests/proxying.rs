@@ -1,5 +1,7 @@
 //! Proxying behaviour: routing, header rewriting, streaming and failures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

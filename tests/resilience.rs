@@ -1,5 +1,7 @@
 //! Correctness under concurrency and origin failure: purges racing fills.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -10,6 +10,8 @@
 //! or RSS beyond the cache bound plus [`RSS_MARGIN_MIB`]; it prints requests, errors by kind, hit
 //! ratio, origin requests saved, latency percentiles and RSS over time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! TLS termination: certificates by SNI, HTTP/2 by ALPN, HTTPS redirects and HSTS.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::net::SocketAddr;

@@ -1,8 +1,10 @@
-//! The HTTP cache: storage on moka, cache keys, cacheability policy and variants.
+//! The HTTP cache: storage on moka, cache keys, cacheability policy, Vary variants and the
+//! stored content codings of each response.
 //!
 //! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
 //! Range on hits); this module supplies the parts it leaves to the application.
 
+pub mod codings;
 pub mod engine;
 pub mod failed_refreshes;
 pub mod fill_budget;
@@ -11,7 +13,6 @@ pub mod key;
 pub mod policy;
 pub mod purge_log;
 pub mod storage;
-pub mod variants;
 pub mod vary;
 
 pub use engine::CacheEngine;

@@ -1,7 +1,7 @@
 //! [`MokaStorage`]: pingora's cache `Storage` on a `moka::sync::Cache`, bounded in bytes.
 //!
 //! Each entry holds the `CacheMeta` fields and the response's stored codings
-//! ([`Variants`]), each body one `Bytes`, so a hit is a reference-count bump and Range requests
+//! ([`StoredCodings`]), each body one `Bytes`, so a hit is a reference-count bump and Range requests
 //! are zero-copy slices. Compressed codings are derived when the entry is stored, off the event
 //! loop for large bodies, and a fast first-pass brotli body is recompressed at maximum quality by
 //! a background thread once it is served. moka's weigher counts body,
@@ -27,10 +27,10 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::codings::{self, StoredCodings};
 use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::PurgeScope;
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
-use super::variants::{self, Variants};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
 use crate::lazy_thread::LazyThread;
@@ -45,7 +45,7 @@ const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 144;
 /// decompressing and re-parsing on every hit would cost more than the rest of the hit path.
 struct Entry {
     meta: StoredMeta,
-    variants: Variants,
+    codings: StoredCodings,
     /// The cache key's primary bytes (scheme, host, path), for purges by URL, prefix and host.
     primary: Box<[u8]>,
     /// Purge tags from the origin's `Surrogate-Key` / `Cache-Tag`.
@@ -133,10 +133,15 @@ impl StoredMeta {
 
 impl Entry {
     /// A revalidated or soft-purged `old` entry with a new meta and codings.
-    fn replacing(old: &Entry, meta: &CacheMeta, variants: Variants, keep_stale: Duration) -> Result<Entry> {
+    fn replacing(
+        old: &Entry,
+        meta: &CacheMeta,
+        codings: StoredCodings,
+        keep_stale: Duration,
+    ) -> Result<Entry> {
         Ok(Entry {
             meta: StoredMeta::of(meta)?,
-            variants,
+            codings,
             primary: old.primary.clone(),
             tags: old.tags.clone(),
             expires_at: Instant::now() + retention(meta, keep_stale),
@@ -145,10 +150,10 @@ impl Entry {
     }
 
     /// The same entry with other codings (same freshness and lifetime).
-    fn with_variants(&self, variants: Variants) -> Entry {
+    fn with_codings(&self, codings: StoredCodings) -> Entry {
         Entry {
             meta: self.meta.clone(),
-            variants,
+            codings,
             primary: self.primary.clone(),
             tags: self.tags.clone(),
             expires_at: self.expires_at,
@@ -162,8 +167,7 @@ impl Entry {
 
     fn weight(&self) -> u32 {
         let tag_bytes: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        let bytes =
-            ENTRY_OVERHEAD + self.meta.len() + self.variants.weight() + self.primary.len() + tag_bytes;
+        let bytes = ENTRY_OVERHEAD + self.meta.len() + self.codings.weight() + self.primary.len() + tag_bytes;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -342,8 +346,8 @@ impl MokaStorage {
         storage
     }
 
-    /// Removes the primary entry of a key, which also invalidates all its Vary variants
-    /// (pingora treats variants older than the primary as misses). Returns whether it existed.
+    /// Removes the primary entry of a key, which also invalidates all its Vary codings
+    /// (pingora treats codings older than the primary as misses). Returns whether it existed.
     pub fn invalidate(&self, key: &CacheKey) -> bool {
         self.purges.purged_key(key.primary_bin());
         self.entries.remove(&key.primary_bin()).is_some()
@@ -367,16 +371,16 @@ impl MokaStorage {
         let Some(old) = self.entries.get(&hash) else {
             return Ok(false);
         };
-        let variants = match served {
-            Some(coding) => old.variants.with_header(meta.response_header(), coding)?,
-            None => old.variants.clone(),
+        let codings = match served {
+            Some(coding) => old.codings.with_header(meta.response_header(), coding)?,
+            None => old.codings.clone(),
         };
-        let entry = Entry::replacing(&old, meta, variants, self.keep_stale)?;
+        let entry = Entry::replacing(&old, meta, codings, self.keep_stale)?;
         self.entries.insert(hash, Arc::new(entry));
         Ok(true)
     }
 
-    /// Purges every entry in `scope` (all Vary variants and codings of each URL): deletes them
+    /// Purges every entry in `scope` (all Vary codings and codings of each URL): deletes them
     /// (`soft = false`) or marks them stale (`soft = true`), so the next request revalidates
     /// while stale-if-error still covers an origin failure. Returns how many entries it touched.
     pub fn purge_scope(&self, scope: &PurgeScope, soft: bool) -> usize {
@@ -404,7 +408,7 @@ impl MokaStorage {
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(false);
         };
-        let mut meta = entry.meta(&entry.variants.primary.header)?;
+        let mut meta = entry.meta(&entry.codings.primary.header)?;
         meta.expire_at(SystemTime::now());
         self.replace_meta(hash, &meta, None)
     }
@@ -424,7 +428,7 @@ impl MokaStorage {
     /// Queues an entry for background brotli recompression, once.
     fn queue_upgrade(&self, hash: HashBinary, entry: &Entry) {
         let Some(upgrades) = &self.upgrades else { return };
-        if entry.variants.brotli_upgradable && !entry.upgrade_queued.swap(true, Ordering::Relaxed) {
+        if entry.codings.brotli_upgradable && !entry.upgrade_queued.swap(true, Ordering::Relaxed) {
             if let Some(thread) = self.upgrader.get() {
                 thread.ensure_started();
             }
@@ -441,11 +445,11 @@ impl MokaStorage {
             let Some(entry) = self.entries.get(&hash) else {
                 continue;
             };
-            let body = Coding::Brotli.encode(&entry.variants.primary.body, level);
-            let Ok(variants) = entry.variants.with_final_brotli(Bytes::from(body)) else {
+            let body = Coding::Brotli.encode(&entry.codings.primary.body, level);
+            let Ok(codings) = entry.codings.with_final_brotli(Bytes::from(body)) else {
                 continue;
             };
-            let upgraded = Arc::new(entry.with_variants(variants));
+            let upgraded = Arc::new(entry.with_codings(codings));
             self.entries
                 .entry(hash)
                 .and_compute_with(|current| match current {
@@ -458,27 +462,29 @@ impl MokaStorage {
     }
 
     /// The stored codings of a complete response, compressed off the event loop when large.
-    async fn variants_of(
+    async fn codings_of(
         &'static self,
         header: ResponseHeader,
         body: Bytes,
         eligibility: Eligibility,
-    ) -> Variants {
+    ) -> StoredCodings {
         if eligibility == Eligibility::Untouched {
-            return Variants::single(header, body);
+            return StoredCodings::single(header, body);
         }
         let policy = self.compression.load_full();
         if body.len() <= INLINE_COMPRESSION_MAX {
-            return Variants::build(header, body, eligibility, &policy, self.max_decoded);
+            return StoredCodings::build(header, body, eligibility, &policy, self.max_decoded);
         }
         let fallback = (header.clone(), body.clone());
         let max_decoded = self.max_decoded;
         // One compression per core at a time: each holds encoder state, and every extra
         // blocking thread keeps its own allocator pages.
         let _turn = compression_turns().acquire().await;
-        tokio::task::spawn_blocking(move || Variants::build(header, body, eligibility, &policy, max_decoded))
-            .await
-            .unwrap_or_else(|_| Variants::single(fallback.0, fallback.1))
+        tokio::task::spawn_blocking(move || {
+            StoredCodings::build(header, body, eligibility, &policy, max_decoded)
+        })
+        .await
+        .unwrap_or_else(|_| StoredCodings::single(fallback.0, fallback.1))
     }
 }
 
@@ -493,8 +499,8 @@ impl Storage for MokaStorage {
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(None);
         };
-        let (_, accepted) = variants::parse_user_tag(key.user_tag());
-        let representation = entry.variants.select(accepted);
+        let (_, accepted) = codings::parse_user_tag(key.user_tag());
+        let representation = entry.codings.select(accepted);
         if representation.coding == Coding::Brotli {
             self.queue_upgrade(hash, &entry);
         }
@@ -514,7 +520,7 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (compress, _) = variants::parse_user_tag(key.user_tag());
+        let (compress, _) = codings::parse_user_tag(key.user_tag());
         let eligibility = if compress {
             self.compression.load().eligibility(meta.response_header())
         } else {
@@ -565,7 +571,7 @@ impl Storage for MokaStorage {
     /// which is the one it selects again.
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _: &SpanHandle) -> Result<bool> {
         let hash = key.combined_bin();
-        let (_, accepted) = variants::parse_user_tag(key.user_tag());
+        let (_, accepted) = codings::parse_user_tag(key.user_tag());
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(false);
         };
@@ -578,7 +584,7 @@ impl Storage for MokaStorage {
             // Purged while being revalidated: the purge stands.
             return Ok(false);
         }
-        let served = entry.variants.select(accepted).coding;
+        let served = entry.codings.select(accepted).coding;
         self.replace_meta(hash, meta, Some(served))
     }
 
@@ -710,13 +716,13 @@ impl HandleMiss for BodyFill {
             tracing::debug!("a purge came while this response was fetched: not stored");
             return Ok(MissFinishType::Created(size));
         }
-        let variants = self
+        let codings = self
             .storage
-            .variants_of(self.header, self.body.freeze(), self.eligibility)
+            .codings_of(self.header, self.body.freeze(), self.eligibility)
             .await;
         let entry = Entry {
             meta: self.meta,
-            variants,
+            codings,
             primary: self.primary,
             tags: self.tags,
             expires_at: self.expires_at,

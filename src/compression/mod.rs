@@ -1,6 +1,6 @@
 //! Compression: which responses are compressed, how, and what that does to their headers.
 //!
-//! Cached responses are compressed once, when stored (see [`crate::cache::variants`]), and every
+//! Cached responses are compressed once, when stored (see [`crate::cache::codings`]), and every
 //! hit is served as stored bytes. Responses that are not served from the cache (misses as they
 //! stream through, uncacheable pass-through) are compressed on the fly at a fast level with
 //! [`stream::StreamEncoder`]. Origins are asked for identity whenever the proxy compresses, so a

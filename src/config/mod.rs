@@ -6,6 +6,7 @@
 mod file;
 pub mod units;
 
+use crate::event_kind::EventKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,17 +104,6 @@ impl std::fmt::Debug for WebhookSettings {
             .finish()
     }
 }
-
-/// Event types a webhook can subscribe to.
-pub const EVENT_TYPES: [&str; 7] = [
-    "purge",
-    "origin_health",
-    "config_reload",
-    "config_rejected",
-    "cache_eviction",
-    "node_started",
-    "node_stopping",
-];
 
 /// Validated `[server]`.
 #[derive(Debug, Clone)]
@@ -770,12 +760,12 @@ fn freeze_webhooks(
             return Err(at.error(&key("url"), "expected an http:// or https:// URL"));
         }
         for (i, event) in section.events.iter().enumerate() {
-            if event != "*" && !EVENT_TYPES.contains(&event.as_str()) {
+            if event != "*" && EventKind::named(event).is_none() {
                 return Err(at.error(
                     &key(&format!("events[{i}]")),
                     format!(
                         "unknown event {event:?}: expected \"*\" or one of {}",
-                        EVENT_TYPES.join(", ")
+                        EventKind::ALL.map(EventKind::name).join(", ")
                     ),
                 ));
             }

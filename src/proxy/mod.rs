@@ -34,7 +34,7 @@ use pingora::{Error, ErrorSource, ErrorType, OkOrErr, Result};
 
 use crate::cache::failed_refreshes::FailedRefreshes;
 use crate::cache::policy;
-use crate::cache::{cache_key, invalidation, variants, vary, CacheEngine};
+use crate::cache::{cache_key, codings, invalidation, vary, CacheEngine};
 use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::purge::{PurgeReport, PurgeVia};
@@ -164,7 +164,7 @@ impl ProxyHttp for EdgeProxy {
             .or_err(ErrorType::InternalError, "cache enabled without a target")?;
         let mut key = cache_key(target);
         key.extensions.insert(ctx.cache.fill_start.clone());
-        let tag = variants::user_tag(ctx.encoding.compress, ctx.encoding.accepted);
+        let tag = codings::user_tag(ctx.encoding.compress, ctx.encoding.accepted);
         if !tag.is_empty() {
             key.user_tag = tag.to_string();
         }

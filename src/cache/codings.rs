@@ -33,7 +33,7 @@ pub struct Representation {
 
 /// All stored codings of one response.
 #[derive(Debug, Clone)]
-pub struct Variants {
+pub struct StoredCodings {
     /// Served to clients that accept none of the others: the identity body when compressed
     /// codings exist, else the response exactly as the origin sent it.
     pub primary: Representation,
@@ -47,11 +47,11 @@ pub struct Variants {
     pub brotli_upgradable: bool,
 }
 
-impl Variants {
+impl StoredCodings {
     /// The response as the origin sent it, served to everyone.
-    pub fn single(header: ResponseHeader, body: Bytes) -> Variants {
+    pub fn single(header: ResponseHeader, body: Bytes) -> StoredCodings {
         let coding = Coding::of_response(&header).unwrap_or(Coding::Identity);
-        Variants {
+        StoredCodings {
             primary: Representation { coding, header, body },
             gzip: None,
             brotli: None,
@@ -69,19 +69,19 @@ impl Variants {
         eligibility: Eligibility,
         policy: &CompressionPolicy,
         max_decoded: usize,
-    ) -> Variants {
+    ) -> StoredCodings {
         let origin_coding = match eligibility {
-            Eligibility::Untouched => return Variants::single(header, body),
+            Eligibility::Untouched => return StoredCodings::single(header, body),
             Eligibility::Compress => Coding::Identity,
             Eligibility::Encoded(coding) => coding,
         };
         let identity = match origin_coding.decode(&body, max_decoded) {
             Ok(_) if origin_coding == Coding::Identity => body.clone(),
             Ok(decoded) => Bytes::from(decoded),
-            Err(_) => return Variants::single(header, body),
+            Err(_) => return StoredCodings::single(header, body),
         };
         if origin_coding == Coding::Identity && identity.len() < policy.settings.min_size {
-            return Variants::single(header, body);
+            return StoredCodings::single(header, body);
         }
         let encode = |coding: Coding| -> Option<Bytes> {
             if coding == origin_coding {
@@ -93,7 +93,7 @@ impl Variants {
         let gzip = encode(Coding::Gzip);
         let brotli = encode(Coding::Brotli);
         if gzip.is_none() && brotli.is_none() && origin_coding == Coding::Identity {
-            return Variants::single(header, body);
+            return StoredCodings::single(header, body);
         }
         let brotli_upgradable = brotli.is_some()
             && origin_coding != Coding::Brotli
@@ -104,8 +104,8 @@ impl Variants {
             gzip,
             brotli,
         };
-        Variants::assemble(&header, origin_coding, bodies, brotli_upgradable)
-            .unwrap_or_else(|_| Variants::single(header, body))
+        StoredCodings::assemble(&header, origin_coding, bodies, brotli_upgradable)
+            .unwrap_or_else(|_| StoredCodings::single(header, body))
     }
 
     /// The representation for a client accepting `accepted`: br, then gzip, then identity.
@@ -126,16 +126,16 @@ impl Variants {
 
     /// The codings after a revalidation merged new fields into `served`, the header of the
     /// `served_coding` representation: every representation gets the new fields.
-    pub fn with_header(&self, served: &ResponseHeader, served_coding: Coding) -> Result<Variants> {
+    pub fn with_header(&self, served: &ResponseHeader, served_coding: Coding) -> Result<StoredCodings> {
         if !self.is_managed() {
-            return Ok(Variants::single(served.clone(), self.primary.body.clone()));
+            return Ok(StoredCodings::single(served.clone(), self.primary.body.clone()));
         }
         let brotli = self.brotli.as_ref().map(|r| r.body.clone());
         self.reassemble(served, served_coding, brotli, self.brotli_upgradable)
     }
 
     /// The same codings with a final, maximum-quality brotli body.
-    pub fn with_final_brotli(&self, body: Bytes) -> Result<Variants> {
+    pub fn with_final_brotli(&self, body: Bytes) -> Result<StoredCodings> {
         self.reassemble(&self.primary.header, Coding::Identity, Some(body), false)
     }
 
@@ -147,7 +147,7 @@ impl Variants {
         served_coding: Coding,
         brotli: Option<Bytes>,
         brotli_upgradable: bool,
-    ) -> Result<Variants> {
+    ) -> Result<StoredCodings> {
         let mut origin_header = served.clone();
         origin_form(
             &mut origin_header,
@@ -160,7 +160,7 @@ impl Variants {
             gzip: self.gzip.as_ref().map(|r| r.body.clone()),
             brotli,
         };
-        Variants::assemble(&origin_header, self.origin_coding, bodies, brotli_upgradable)
+        StoredCodings::assemble(&origin_header, self.origin_coding, bodies, brotli_upgradable)
     }
 
     /// Whether the origin's ETag is weak (the identity representation keeps its weakness).
@@ -183,7 +183,7 @@ impl Variants {
         origin_coding: Coding,
         bodies: Bodies,
         brotli_upgradable: bool,
-    ) -> Result<Variants> {
+    ) -> Result<StoredCodings> {
         let represent = |coding: Coding, body: Bytes, weak: bool| -> Result<Representation> {
             let mut header = origin_header.clone();
             compression::recode_header(&mut header, origin_coding, coding, weak)?;
@@ -192,7 +192,7 @@ impl Variants {
             compression::add_vary_accept_encoding(&mut header)?;
             Ok(Representation { coding, header, body })
         };
-        Ok(Variants {
+        Ok(StoredCodings {
             primary: represent(Coding::Identity, bodies.identity, false)?,
             gzip: bodies
                 .gzip
@@ -297,9 +297,9 @@ mod tests {
         Bytes::from("<p>compress me once</p>\n".repeat(400))
     }
 
-    fn build(header: ResponseHeader, body: Bytes) -> Variants {
+    fn build(header: ResponseHeader, body: Bytes) -> StoredCodings {
         let eligibility = policy().eligibility(&header);
-        Variants::build(header, body, eligibility, &policy(), 1 << 20)
+        StoredCodings::build(header, body, eligibility, &policy(), 1 << 20)
     }
 
     const BOTH: Accepted = Accepted {
