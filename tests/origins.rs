@@ -126,13 +126,12 @@ async fn backups_serve_only_while_no_primary_is_usable() {
     let back = Origin::start_on(primary_addr).await;
     back.fixed("/health", "no-store", "ok");
     counting(&back, "/b", "primary");
-    let mut last = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while last != "primary" {
-        assert!(Instant::now() < deadline, "control never returned to the primary");
-        last = get(&proxy, "/b", &[]).await.2;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_async(
+        Duration::from_secs(10),
+        "control returns to the primary",
+        || async { get(&proxy, "/b", &[]).await.2 == "primary" },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

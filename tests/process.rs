@@ -108,6 +108,29 @@ fn write_config(dir: &Path, listen: SocketAddr, origin: SocketAddr) -> PathBuf {
     file
 }
 
+/// Requests sent by the request loops of this test binary (for waiting on their progress).
+static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits until the request loops have sent `more` requests.
+async fn traffic_flows(more: usize) {
+    let start = ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
+    common::eventually(Duration::from_secs(10), "the request loop makes progress", || {
+        ANSWERED.load(std::sync::atomic::Ordering::Relaxed) >= start + more
+    })
+    .await;
+}
+
+/// Waits until a process started with `-u` listens on the upgrade socket for the old one.
+async fn upgrade_socket_ready(dir: &Path) {
+    let socket = dir.join("upgrade.sock");
+    common::eventually(
+        Duration::from_secs(10),
+        "the new process opens the upgrade socket",
+        || socket.exists(),
+    )
+    .await;
+}
+
 /// Requests `url` on a new connection each time until `stop` is set; returns every status
 /// (or error) and body.
 fn request_loop(
@@ -132,6 +155,7 @@ fn request_loop_with(
     tokio::spawn(async move {
         let mut outcomes = Vec::new();
         while !*stop.borrow() {
+            ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = match client.get(&url).send().await {
                 Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
                 Ok(resp) => Err(format!("status {}", resp.status())),
@@ -164,16 +188,18 @@ async fn sighup_switches_origins_without_a_failed_request_and_rejects_a_broken_f
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let traffic = request_loop(format!("http://{listen}/who"), stopped);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    traffic_flows(20).await;
     write_config(&dir, listen, second.addr);
     proxy.signal("HUP");
     assert!(proxy
         .log_line("config reloaded", Duration::from_secs(10))
         .is_some());
-    let switched = common::eventually(Duration::from_secs(5), || second.hits("/who") >= 20).await;
+    common::eventually(Duration::from_secs(5), "the new origin gets the traffic", || {
+        second.hits("/who") >= 20
+    })
+    .await;
     stop.send_replace(true);
     let outcomes = traffic.await.unwrap();
-    assert!(switched, "the new origin gets the traffic");
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
     assert_eq!(outcomes.last().unwrap().as_deref(), Ok("second"));
 
@@ -206,16 +232,16 @@ async fn an_upgrade_under_load_loses_no_request() {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let traffic = request_loop(format!("http://{listen}/page"), stopped);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic_flows(20).await;
     // The new process waits for the listening sockets, which the old one hands over on SIGQUIT.
     let new = Running::start(&config, &["-u"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upgrade_socket_ready(&dir).await;
     old.signal("QUIT");
     assert!(
         old.exited(Duration::from_secs(15)),
         "the old process finishes and exits"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic_flows(50).await;
     stop.send_replace(true);
     let outcomes = traffic.await.unwrap();
     assert!(outcomes.len() > 50, "only {} requests", outcomes.len());
@@ -241,7 +267,12 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     wait_until_listening(listen);
 
     let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    common::eventually(
+        Duration::from_secs(5),
+        "the slow request reached the origin",
+        || origin.hits("/slow") == 1,
+    )
+    .await;
     proxy.signal("TERM");
     let resp = in_flight.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
@@ -332,30 +363,33 @@ async fn a_daemon_writes_its_access_log_recompresses_brotli_and_reloads_a_relati
         resp.headers()["etag"].to_str().unwrap().to_string()
     };
     assert!(br_etag().await.starts_with("W/"), "the first brotli pass is weak");
-    let upgraded = common::eventually(Duration::from_secs(10), || {
-        !common::block_on(br_etag()).starts_with("W/")
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the background brotli recompression runs",
+        || !common::block_on(br_etag()).starts_with("W/"),
+    )
     .await;
-    assert!(upgraded, "the background brotli recompression never ran");
-    let logged = common::eventually(Duration::from_secs(5), || {
+    common::eventually(Duration::from_secs(5), "an access-log line is written", || {
         std::fs::read_to_string(dir.join("access.log")).is_ok_and(|log| log.contains("/page"))
     })
     .await;
-    assert!(logged, "no access-log line was written");
 
     std::fs::write(dir.join("edgecache.toml"), config("\"127.0.0.1\", \"b.test\"")).unwrap();
     daemon.signal("HUP");
-    let reloaded = common::eventually(Duration::from_secs(10), || {
-        let resp = common::block_on(
-            client
-                .get(format!("http://{listen}/b"))
-                .header("host", "b.test")
-                .send(),
-        );
-        resp.is_ok_and(|r| r.status() == 200)
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the reload of a relative config path failed",
+        || {
+            let resp = common::block_on(
+                client
+                    .get(format!("http://{listen}/b"))
+                    .header("host", "b.test")
+                    .send(),
+            );
+            resp.is_ok_and(|r| r.status() == 200)
+        },
+    )
     .await;
-    assert!(reloaded, "the reload of a relative config path failed");
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -529,25 +563,27 @@ async fn connections_beyond_the_open_file_limit_are_refused_and_admitted_ones_ke
         held.push(tokio::net::TcpStream::connect(listen).await.unwrap());
     }
     // Those beyond what the descriptors allow are closed at once, not left hanging.
-    let refused_cleanly = common::eventually(Duration::from_secs(5), || {
-        let refused = held
-            .iter()
-            .filter(|s| matches!(s.try_read(&mut [0u8; 1]), Ok(0)))
-            .count();
-        refused >= 300
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "connections beyond the limit are closed",
+        || {
+            let refused = held
+                .iter()
+                .filter(|s| matches!(s.try_read(&mut [0u8; 1]), Ok(0)))
+                .count();
+            refused >= 300
+        },
+    )
     .await;
-    assert!(refused_cleanly, "connections beyond the limit were not closed");
     // The admitted connection still reaches the origin: the process has descriptors left.
     let answer = keepalive_request(&mut first, "/fd").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(held);
-    let served = common::eventually(Duration::from_secs(5), || {
+    common::eventually(Duration::from_secs(5), "the request is served", || {
         let resp = common::block_on(reqwest::get(format!("http://{listen}/fd")));
         resp.is_ok_and(|r| r.status() == 200)
     })
     .await;
-    assert!(served);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -568,12 +604,12 @@ async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
     let loops: Vec<_> = (0..4)
         .map(|_| request_loop_with(client.clone(), format!("http://{listen}/kept"), stopped.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic_flows(100).await;
     let new = Running::start(&config, &["-u"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upgrade_socket_ready(&dir).await;
     old.signal("QUIT");
     assert!(old.exited(Duration::from_secs(15)), "the old process exits");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic_flows(200).await;
     stop.send_replace(true);
     let mut outcomes = Vec::new();
     for handle in loops {
@@ -686,7 +722,12 @@ async fn the_grace_period_cuts_what_is_still_in_flight_and_says_so() {
     let mut proxy = Running::start(&config, &[]);
     wait_until_listening(listen);
     let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    common::eventually(
+        Duration::from_secs(5),
+        "the slow request reached the origin",
+        || origin.hits("/slow") == 1,
+    )
+    .await;
     proxy.signal("TERM");
     let line = proxy.log_line("grace period over", Duration::from_secs(5));
     let line = line.expect("no log line about the cut response");
@@ -710,7 +751,12 @@ async fn sigint_stops_at_once_even_while_draining() {
     let mut proxy = Running::start(&config, &[]);
     wait_until_listening(listen);
     let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    assert!(common::eventually(Duration::from_secs(5), || origin.hits("/slow") == 1).await);
+    common::eventually(
+        Duration::from_secs(5),
+        "the slow request reached the origin",
+        || origin.hits("/slow") == 1,
+    )
+    .await;
     proxy.signal("TERM");
     assert!(proxy
         .log_line("Broadcast graceful shutdown complete", Duration::from_secs(5))

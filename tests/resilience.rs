@@ -40,7 +40,10 @@ async fn a_purge_wins_over_a_fill_already_in_flight() {
     let url = proxy.url("/racing");
     let in_flight =
         tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
-    assert!(eventually(Duration::from_secs(5), || origin.hits("/racing") == 1).await);
+    eventually(Duration::from_secs(5), "the fill reached the origin", || {
+        origin.hits("/racing") == 1
+    })
+    .await;
     let purge = client()
         .request(
             reqwest::Method::from_bytes(b"PURGE").unwrap(),
@@ -70,7 +73,10 @@ async fn a_scope_purge_soft_or_hard_wins_over_a_fill_already_in_flight() {
         let url = proxy.url(path);
         let in_flight =
             tokio::spawn(async move { client().get(url).send().await.unwrap().text().await.unwrap() });
-        assert!(eventually(Duration::from_secs(5), || origin.hits(path) == 1).await);
+        eventually(Duration::from_secs(5), "the fill reached the origin", || {
+            origin.hits(path) == 1
+        })
+        .await;
         let scope = PurgeScope::Prefix {
             scheme: None,
             host: "127.0.0.1".into(),
@@ -99,13 +105,16 @@ async fn a_failed_background_refresh_keeps_serving_the_stale_copy() {
     let proxy = proxy_for(&origin);
     assert_eq!(get(&proxy, "/swr", &[]).await.2, "good");
     // Once stale, a request is answered from the cache while a refresh (which fails) runs.
-    let refreshed = eventually(Duration::from_secs(5), || {
-        let (status, _, body) = common::block_on(get(&proxy, "/swr", &[]));
-        assert_eq!((status, body.as_str()), (200, "good"));
-        origin.hits("/swr") >= 2
-    })
+    eventually(
+        Duration::from_secs(5),
+        "a background refresh reaches the origin",
+        || {
+            let (status, _, body) = common::block_on(get(&proxy, "/swr", &[]));
+            assert_eq!((status, body.as_str()), (200, "good"));
+            origin.hits("/swr") >= 2
+        },
+    )
     .await;
-    assert!(refreshed, "no background refresh reached the origin");
     let requests: Vec<_> = (0..50)
         .map(|_| {
             let url = proxy.url("/swr");
@@ -193,17 +202,15 @@ async fn bodies_collected_by_concurrent_misses_stay_within_the_cache_size() {
             tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await.unwrap() })
         })
         .collect();
-    assert!(
-        eventually(Duration::from_secs(5), || (0..12)
-            .all(|i| origin.hits(&format!("/big/{i}")) == 1))
-        .await
-    );
+    eventually(Duration::from_secs(5), "every fill reached the origin", || {
+        (0..12).all(|i| origin.hits(&format!("/big/{i}")) == 1)
+    })
+    .await;
     // Every fill has (or has given up) its first half once the budget is full.
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.storage.fill_bytes().0
-            >= 3 * HALF)
-        .await
-    );
+    eventually(Duration::from_secs(5), "the fill budget is full", || {
+        proxy.storage.fill_bytes().0 >= 3 * HALF
+    })
+    .await;
     release.send_replace(true);
     for request in requests {
         let body = request.await.unwrap();
@@ -212,10 +219,11 @@ async fn bodies_collected_by_concurrent_misses_stay_within_the_cache_size() {
     }
     let (now, peak) = proxy.storage.fill_bytes();
     assert!(peak <= 4 << 20, "fills held {peak} bytes at once");
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.storage.fill_bytes().0 == 0).await,
-        "{now}"
-    );
+    let _ = now;
+    eventually(Duration::from_secs(5), "the fill budget is given back", || {
+        proxy.storage.fill_bytes().0 == 0
+    })
+    .await;
     let stored = (0..12).filter(|i| {
         let (_, status, _) = common::block_on(get(&proxy, &format!("/big/{i}"), &[]));
         status.contains("hit")

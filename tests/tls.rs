@@ -254,14 +254,12 @@ async fn sighup_reloads_certificates_and_keeps_them_when_the_file_is_broken() {
 
     let renewed = pki.issue("a.test");
     hangup(child.0.id());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while served_certificate(&pki, tls_addr, "a.test").await != renewed {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "renewed certificate not served after SIGHUP"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::eventually_async(
+        std::time::Duration::from_secs(10),
+        "the renewed certificate is served after SIGHUP",
+        || async { served_certificate(&pki, tls_addr, "a.test").await == renewed },
+    )
+    .await;
 
     std::fs::write(pki.cert("a.test"), "broken").unwrap();
     hangup(child.0.id());

@@ -88,6 +88,8 @@ struct OriginState {
     stopped: tokio::sync::watch::Sender<bool>,
     /// Connections being served.
     open: std::sync::atomic::AtomicUsize,
+    /// Assertions that failed inside scripts, reported to the test when the origin is dropped.
+    script_failures: Mutex<Vec<String>>,
 }
 
 /// Counts a connection as open while it lives.
@@ -113,6 +115,7 @@ impl Default for OriginState {
             hits: Mutex::default(),
             stopped: tokio::sync::watch::channel(false).0,
             open: std::sync::atomic::AtomicUsize::new(0),
+            script_failures: Mutex::default(),
         }
     }
 }
@@ -221,8 +224,14 @@ impl Origin {
 }
 
 impl Drop for Origin {
+    /// Stops serving; a script that failed an assertion fails the test here, in the test's
+    /// thread, rather than only in the origin's task.
     fn drop(&mut self) {
         self.stop();
+        let failures = std::mem::take(&mut *self.state.script_failures.lock().unwrap());
+        if !std::thread::panicking() {
+            assert!(failures.is_empty(), "origin script failed: {failures:?}");
+        }
     }
 }
 
@@ -247,7 +256,19 @@ async fn handle(
     };
     let script = state.scripts.lock().unwrap().get(&path).cloned();
     let reply = match script {
-        Some(script) => script(&seen, count),
+        Some(script) => {
+            let run = std::panic::AssertUnwindSafe(|| script(&seen, count));
+            std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let failure = format!("{path} (request {count}): {message}");
+                state.script_failures.lock().unwrap().push(failure);
+                Reply::new(500, "origin script failed")
+            })
+        }
         None => Reply::new(404, "no such path"),
     };
     if !reply.delay.is_zero() {
@@ -412,18 +433,33 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// Polls `check` until it holds or `within` passes (for effects of background work).
-pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+/// Polls `check` until it holds (for effects of background work); fails the test, saying
+/// `what` was expected, when it does not within `within`.
+pub async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// [`eventually`] for a check that needs to await.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `ttl` parameter of a `Cache-Status` value.
+pub fn ttl_of(cache_status: &str) -> Option<i64> {
+    let (_, rest) = cache_status.split_once("ttl=")?;
+    rest.split(';').next()?.trim().parse().ok()
 }
 
 /// The `Cache-Status` header of a response.
