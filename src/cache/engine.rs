@@ -8,7 +8,7 @@ use pingora::cache::predictor::Predictor;
 use pingora::cache::{CacheOptionOverrides, HttpCache};
 
 use super::policy;
-use super::MokaStorage;
+use super::storage::MokaStorage;
 use crate::compression::CompressionPolicy;
 use crate::config::Config;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::CacheMeta;
 
-use super::{cache_key, CacheTarget};
+use super::key::{cache_key, CacheTarget};
 
 /// How long a URL whose refresh failed is served stale without asking its origin again.
 pub const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(2);

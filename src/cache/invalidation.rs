@@ -4,7 +4,8 @@
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::{cache_key, CacheTarget, MokaStorage};
+use super::key::{cache_key, CacheTarget};
+use super::storage::MokaStorage;
 use crate::authority;
 
 /// After a successful unsafe request, drops the stored responses it may have changed

@@ -231,15 +231,33 @@ pub struct CompressionSection {
 
 impl Default for CompressionSection {
     fn default() -> Self {
-        let settings = super::CompressionSettings::default();
+        let types = [
+            "text/*",
+            "application/json",
+            "application/*+json",
+            "application/javascript",
+            "application/x-javascript",
+            "application/ecmascript",
+            "application/xml",
+            "application/*+xml",
+            "image/svg+xml",
+            "image/x-icon",
+            "image/vnd.microsoft.icon",
+            "application/wasm",
+            "font/ttf",
+            "font/otf",
+            "font/collection",
+            "application/vnd.ms-fontobject",
+            "application/x-font-ttf",
+        ];
         CompressionSection {
-            types: settings.types,
-            min_size: ByteSize(settings.min_size as u64),
-            gzip_level: settings.gzip_level,
-            brotli_level: settings.brotli_level,
-            brotli_background_level: settings.brotli_background_level,
-            stream_gzip_level: settings.stream_gzip_level,
-            stream_brotli_level: settings.stream_brotli_level,
+            types: types.iter().map(|t| t.to_string()).collect(),
+            min_size: ByteSize(256),
+            gzip_level: 6,
+            brotli_level: 5,
+            brotli_background_level: 11,
+            stream_gzip_level: 1,
+            stream_brotli_level: 2,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{AccessLogFormat, HealthCheckKind, LbPolicy};
+use super::file::{AccessLogFormat, CompressionSection, HealthCheckKind, LbPolicy};
 
 /// The frozen runtime configuration.
 #[derive(Debug, Clone)]
@@ -169,34 +169,17 @@ pub struct CompressionSettings {
 }
 
 impl Default for CompressionSettings {
+    /// The defaults of the `[compression]` section.
     fn default() -> Self {
-        let types = [
-            "text/*",
-            "application/json",
-            "application/*+json",
-            "application/javascript",
-            "application/x-javascript",
-            "application/ecmascript",
-            "application/xml",
-            "application/*+xml",
-            "image/svg+xml",
-            "image/x-icon",
-            "image/vnd.microsoft.icon",
-            "application/wasm",
-            "font/ttf",
-            "font/otf",
-            "font/collection",
-            "application/vnd.ms-fontobject",
-            "application/x-font-ttf",
-        ];
+        let section = CompressionSection::default();
         CompressionSettings {
-            types: types.iter().map(|t| t.to_string()).collect(),
-            min_size: 256,
-            gzip_level: 6,
-            brotli_level: 5,
-            brotli_background_level: 11,
-            stream_gzip_level: 1,
-            stream_brotli_level: 2,
+            types: section.types,
+            min_size: section.min_size.as_usize(),
+            gzip_level: section.gzip_level,
+            brotli_level: section.brotli_level,
+            brotli_background_level: section.brotli_background_level,
+            stream_gzip_level: section.stream_gzip_level,
+            stream_brotli_level: section.stream_brotli_level,
         }
     }
 }
