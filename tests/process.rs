@@ -254,25 +254,14 @@ async fn an_upgrade_under_load_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
-    let origin = Origin::start().await;
-    origin.route("/slow", |_, _| {
-        Reply::ok("done")
-            .header("cache-control", "no-store")
-            .delay(Duration::from_millis(800))
-    });
+    let origin = slow_origin("done", Duration::from_millis(800)).await;
     let dir = temp_dir("term");
     let listen = free_port();
     let config = write_config(&dir, listen, origin.addr);
     let mut proxy = Running::start(&config, &[]);
     wait_until_listening(listen);
 
-    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    common::eventually(
-        Duration::from_secs(5),
-        "the slow request reached the origin",
-        || origin.hits("/slow") == 1,
-    )
-    .await;
+    let in_flight = slow_request_in_flight(&origin, listen).await;
     proxy.signal("TERM");
     let resp = in_flight.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
@@ -621,6 +610,31 @@ async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends a request for `/slow` to the proxy at `listen`, returning once it reached `origin`.
+async fn slow_request_in_flight(
+    origin: &Origin,
+    listen: SocketAddr,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
+    let reached = || origin.hits("/slow") == 1;
+    common::eventually(
+        Duration::from_secs(5),
+        "the slow request reaches the origin",
+        reached,
+    )
+    .await;
+    in_flight
+}
+
+/// An origin whose `/slow` answers `body` (uncacheable) after `delay`.
+async fn slow_origin(body: &'static str, delay: Duration) -> Origin {
+    let origin = Origin::start().await;
+    origin.route("/slow", move |_, _| {
+        Reply::ok(body).header("cache-control", "no-store").delay(delay)
+    });
+    origin
+}
+
 /// A config with `grace_period` and a webhook endpoint for `node_stopping` at `hook`.
 fn stopping_config(
     dir: &Path,
@@ -705,12 +719,7 @@ async fn a_request_sent_on_an_idle_keep_alive_connection_while_draining_is_answe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_cuts_what_is_still_in_flight_and_says_so() {
-    let origin = Origin::start().await;
-    origin.route("/slow", |_, _| {
-        Reply::ok("late")
-            .header("cache-control", "no-store")
-            .delay(Duration::from_secs(20))
-    });
+    let origin = slow_origin("late", Duration::from_secs(20)).await;
     let dir = temp_dir("term-cut");
     let listen = free_port();
     let config = config_with(
@@ -721,13 +730,7 @@ async fn the_grace_period_cuts_what_is_still_in_flight_and_says_so() {
     );
     let mut proxy = Running::start(&config, &[]);
     wait_until_listening(listen);
-    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    common::eventually(
-        Duration::from_secs(5),
-        "the slow request reached the origin",
-        || origin.hits("/slow") == 1,
-    )
-    .await;
+    let in_flight = slow_request_in_flight(&origin, listen).await;
     proxy.signal("TERM");
     let line = proxy.log_line("grace period over", Duration::from_secs(5));
     let line = line.expect("no log line about the cut response");
@@ -739,24 +742,13 @@ async fn the_grace_period_cuts_what_is_still_in_flight_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_at_once_even_while_draining() {
-    let origin = Origin::start().await;
-    origin.route("/slow", |_, _| {
-        Reply::ok("late")
-            .header("cache-control", "no-store")
-            .delay(Duration::from_secs(20))
-    });
+    let origin = slow_origin("late", Duration::from_secs(20)).await;
     let dir = temp_dir("int");
     let listen = free_port();
     let config = config_with(&dir, listen, origin.addr, "grace_period = \"30s\"");
     let mut proxy = Running::start(&config, &[]);
     wait_until_listening(listen);
-    let in_flight = tokio::spawn(reqwest::get(format!("http://{listen}/slow")));
-    common::eventually(
-        Duration::from_secs(5),
-        "the slow request reached the origin",
-        || origin.hits("/slow") == 1,
-    )
-    .await;
+    let in_flight = slow_request_in_flight(&origin, listen).await;
     proxy.signal("TERM");
     assert!(proxy
         .log_line("Broadcast graceful shutdown complete", Duration::from_secs(5))

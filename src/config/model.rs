@@ -171,9 +171,15 @@ pub struct CompressionSettings {
 impl Default for CompressionSettings {
     /// The defaults of the `[compression]` section.
     fn default() -> Self {
-        let section = CompressionSection::default();
+        CompressionSettings::from(&CompressionSection::default())
+    }
+}
+
+impl From<&CompressionSection> for CompressionSettings {
+    /// The section as written (its levels checked by the caller).
+    fn from(section: &CompressionSection) -> Self {
         CompressionSettings {
-            types: section.types,
+            types: section.types.clone(),
             min_size: section.min_size.as_usize(),
             gzip_level: section.gzip_level,
             brotli_level: section.brotli_level,

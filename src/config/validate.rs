@@ -365,15 +365,7 @@ fn freeze_compression(
             ));
         }
     }
-    Ok(CompressionSettings {
-        types: section.types.clone(),
-        min_size: section.min_size.as_usize(),
-        gzip_level: section.gzip_level,
-        brotli_level: section.brotli_level,
-        brotli_background_level: section.brotli_background_level,
-        stream_gzip_level: section.stream_gzip_level,
-        stream_brotli_level: section.stream_brotli_level,
-    })
+    Ok(CompressionSettings::from(section))
 }
 
 /// `purge_allow` entries as networks; a bare address is a network of one.
