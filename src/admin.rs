@@ -19,12 +19,42 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::cache::MokaStorage;
+use crate::cluster::Cluster;
 use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::purge::{self, PurgeVia};
 use crate::reload::Reloader;
 use crate::runtime::{SharedRuntime, Site};
-use crate::status::{CacheStatus, ConfigStatus, NodeStatus, OriginStatus, SiteStatus, WebhookCounts};
+use crate::status::{
+    CacheStatus, ClusterStatus, ConfigStatus, NodeStatus, OriginStatus, PeerStatus, PurgeDeliveries,
+    SiteStatus, WebhookCounts,
+};
+
+/// How `/status` and `/metrics` show the cluster.
+fn cluster_status(cluster: &Cluster) -> ClusterStatus {
+    let counters = &cluster.health.counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let peers = cluster.settings.peers.iter().map(|peer| PeerStatus {
+        id: peer.id.clone(),
+        addr: peer.addr.to_string(),
+        weight: peer.weight,
+        healthy: peer.id == cluster.node() || cluster.health.is_up(&peer.id),
+    });
+    ClusterStatus {
+        node: cluster.node().to_string(),
+        ring_fingerprint: cluster.ring.fingerprint().to_string(),
+        peers: peers.collect(),
+        forwarded: load(&counters.forwarded),
+        served_for_peers: load(&counters.served_for_peers),
+        peer_failures: load(&counters.peer_failures),
+        purges: PurgeDeliveries {
+            sent: load(&counters.purges_sent),
+            failed: load(&counters.purge_failures),
+            dropped: load(&counters.purges_dropped),
+        },
+        purge_fanout_max_ms: load(&counters.purge_fanout_max_us) as f64 / 1000.0,
+    }
+}
 
 /// How `/status` and `/metrics` show `site`.
 fn site_status(site: &Site) -> SiteStatus {
@@ -126,6 +156,7 @@ impl AdminApi {
                 retried: load(&stats.retried),
                 dropped: load(&stats.dropped),
             },
+            cluster: runtime.cluster.as_deref().map(cluster_status),
         }
     }
 
@@ -142,7 +173,8 @@ impl AdminApi {
             .unwrap_or_default()
     }
 
-    fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+    /// Applies a purge here and, in a cluster, on every peer (their answers listed).
+    async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
         let purge = match purge::parse_purge_request(body) {
             Ok(parsed) => parsed,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -150,7 +182,12 @@ impl AdminApi {
         let purged = purge.apply(self.storage);
         let report = purge.report(purged, PurgeVia::AdminApi);
         report.send(&self.metrics, &self.events);
-        json_response(StatusCode::OK, json!({ "purged": purged, "soft": purge.soft }))
+        let Some(cluster) = self.runtime.load().cluster.clone() else {
+            return json_response(StatusCode::OK, json!({ "purged": purged, "soft": purge.soft }));
+        };
+        let peers = cluster.fanout.send(&cluster, purge.request_body()).await;
+        let answer = json!({ "purged": purged, "soft": purge.soft, "node": cluster.node(), "peers": peers });
+        json_response(StatusCode::OK, answer)
     }
 
     fn reload(&self) -> Response<Vec<u8>> {
@@ -176,7 +213,7 @@ impl ServeHttp for AdminApi {
             ("GET", "/status") => self.status(),
             ("GET", "/metrics") => self.metrics(),
             ("POST", "/purge") => match read_body(session).await {
-                Ok(body) => self.purge(&body),
+                Ok(body) => self.purge(&body).await,
                 Err(resp) => resp,
             },
             ("POST", "/reload") => self.reload(),

@@ -21,11 +21,13 @@ pub enum EventKind {
     NodeStarted,
     /// The node is stopping.
     NodeStopping,
+    /// A cluster peer became reachable or unreachable.
+    PeerHealth,
 }
 
 impl EventKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Purge,
         EventKind::OriginHealth,
         EventKind::ConfigReload,
@@ -33,6 +35,7 @@ impl EventKind {
         EventKind::CacheEviction,
         EventKind::NodeStarted,
         EventKind::NodeStopping,
+        EventKind::PeerHealth,
     ];
 
     /// The name webhooks subscribe to and events carry as `type`.
@@ -45,6 +48,7 @@ impl EventKind {
             EventKind::CacheEviction => "cache_eviction",
             EventKind::NodeStarted => "node_started",
             EventKind::NodeStopping => "node_stopping",
+            EventKind::PeerHealth => "peer_health",
         }
     }
 

@@ -34,6 +34,7 @@ pub mod access_log;
 pub mod admin;
 pub mod authority;
 pub mod cache;
+pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod demo;

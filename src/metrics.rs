@@ -151,6 +151,8 @@ pub struct Metrics {
     certificate_expiry: GaugeVec,
     access_log_dropped: IntGauge,
     client_gauges: GaugeVec,
+    cluster_peer_up: GaugeVec,
+    cluster_events: GaugeVec,
     /// Client-connection events, counted by the listeners.
     pub clients: std::sync::Arc<ClientCounters>,
     hits: AtomicU64,
@@ -270,6 +272,16 @@ impl Metrics {
                 "Client connections: open now; refused at a limit, closed by a header, idle or handshake deadline, closed for an HTTP/2 reset flood, requests failed by their client, and client-caused error lines kept out of the log, since start",
                 &["event"],
             ),
+            cluster_peer_up: gauge_vec(
+                "edgecache_cluster_peer_up",
+                "Whether each cluster peer answers (1) or is out of the ring (0)",
+                &["peer"],
+            ),
+            cluster_events: gauge_vec(
+                "edgecache_cluster_events",
+                "Cluster traffic since start: requests forwarded to owners, served for peers, failed at a peer; purges sent to peers, failed (retried), dropped; and the slowest purge fan-out in seconds",
+                &["event"],
+            ),
             clients: std::sync::Arc::default(),
             coalesced,
             hit_ratio,
@@ -355,6 +367,26 @@ impl Metrics {
             .set(suppressed);
     }
 
+    fn render_cluster(&self, status: &NodeStatus) {
+        self.cluster_peer_up.reset();
+        let Some(cluster) = &status.cluster else { return };
+        for peer in &cluster.peers {
+            let up = if peer.healthy { 1.0 } else { 0.0 };
+            self.cluster_peer_up.with_label_values(&[&peer.id]).set(up);
+        }
+        for (event, value) in [
+            ("forwarded", cluster.forwarded as f64),
+            ("served_for_peers", cluster.served_for_peers as f64),
+            ("peer_failures", cluster.peer_failures as f64),
+            ("purges_sent", cluster.purges.sent as f64),
+            ("purges_failed", cluster.purges.failed as f64),
+            ("purges_dropped", cluster.purges.dropped as f64),
+            ("purge_fanout_max_seconds", cluster.purge_fanout_max_ms / 1000.0),
+        ] {
+            self.cluster_events.with_label_values(&[event]).set(value);
+        }
+    }
+
     /// The Prometheus text exposition of every metric, the state gauges set from `status`.
     pub fn render(&self, status: &NodeStatus) -> String {
         let cache = &status.cache;
@@ -391,6 +423,7 @@ impl Metrics {
             self.webhooks.with_label_values(&[result]).set(count as f64);
         }
         self.config_version.set(status.config.version as i64);
+        self.render_cluster(status);
         self.access_log_dropped
             .set(crate::access_log::DROPPED_LINES.load(Ordering::Relaxed) as i64);
         let mut text = Vec::new();

@@ -19,18 +19,21 @@ use crate::metrics::Metrics;
 
 /// Which door a purge came through, as its event's `via` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeVia {
+pub enum PurgeVia<'a> {
     /// `POST /purge` on the admin API.
     AdminApi,
     /// The `PURGE` method on the traffic listener.
     PurgeMethod,
+    /// Sent by the cluster peer with this id (which took it through one of the others).
+    Peer(&'a str),
 }
 
-impl PurgeVia {
-    fn as_str(self) -> &'static str {
+impl PurgeVia<'_> {
+    fn as_str(&self) -> String {
         match self {
-            PurgeVia::AdminApi => "admin",
-            PurgeVia::PurgeMethod => "PURGE",
+            PurgeVia::AdminApi => "admin".into(),
+            PurgeVia::PurgeMethod => "PURGE".into(),
+            PurgeVia::Peer(node) => format!("peer:{node}"),
         }
     }
 }
@@ -54,8 +57,13 @@ impl Purge {
         storage.purge_scope(&self.scope, self.soft)
     }
 
+    /// The `POST /purge` body asking for this purge (what peers are sent).
+    pub fn request_body(&self) -> Vec<u8> {
+        request_body(self.kind, &self.target, self.soft)
+    }
+
     /// The report of this purge having touched `entries`.
-    pub fn report(&self, entries: usize, via: PurgeVia) -> PurgeReport<'_> {
+    pub fn report<'a>(&'a self, entries: usize, via: PurgeVia<'a>) -> PurgeReport<'a> {
         PurgeReport {
             kind: self.kind,
             target: &self.target,
@@ -78,7 +86,7 @@ pub struct PurgeReport<'a> {
     /// Entries touched.
     pub entries: usize,
     /// Where the purge came from.
-    pub via: PurgeVia,
+    pub via: PurgeVia<'a>,
 }
 
 impl PurgeReport<'_> {
@@ -86,6 +94,7 @@ impl PurgeReport<'_> {
     pub fn send(&self, metrics: &Metrics, events: &EventSink) {
         let (kind, target, soft, entries) = (self.kind, self.target, self.soft, self.entries);
         let via = self.via.as_str();
+        let via = via.as_str();
         metrics.purged(kind, soft, entries);
         tracing::info!(kind, target, soft, entries, via, "purge");
         events.emit(
@@ -93,6 +102,14 @@ impl PurgeReport<'_> {
             serde_json::json!({ "kind": kind, "target": target, "soft": soft, "entries": entries, "via": via }),
         );
     }
+}
+
+/// The `POST /purge` body for a purge of `kind` (`url`, `prefix`, `host`, `tag`) of `target`.
+pub fn request_body(kind: &str, target: &str, soft: bool) -> Vec<u8> {
+    let mut body = serde_json::Map::new();
+    body.insert(kind.into(), target.into());
+    body.insert("soft".into(), soft.into());
+    serde_json::Value::Object(body).to_string().into_bytes()
 }
 
 /// Whether a `PURGE` from `client` is allowed by `allow` (the `purge_allow` networks).

@@ -18,6 +18,7 @@ use pingora::services::ServiceReadyNotifier;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cache::MokaStorage;
+use crate::cluster::ClusterParts;
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, ConfigError};
 use crate::event_kind::EventKind;
@@ -58,6 +59,8 @@ pub struct Targets {
     pub health_events: HealthEvents,
     /// Webhook endpoints.
     pub webhooks: Endpoints,
+    /// What the cluster keeps across reloads.
+    pub cluster: ClusterParts,
     /// Where reloads and rejections are announced.
     pub events: EventSink,
     /// Metrics the new sites count into.
@@ -114,13 +117,17 @@ impl Reloader {
         let config = Config::load(file)?;
         let targets = &self.targets;
         let version = targets.runtime.load().version + 1;
-        let runtime =
-            Runtime::new(&config, version, &targets.health_events, &targets.metrics).map_err(|source| {
-                ReloadError::Apply {
-                    file: file.clone(),
-                    source,
-                }
-            })?;
+        let runtime = Runtime::new(
+            &config,
+            version,
+            &targets.health_events,
+            &targets.metrics,
+            &targets.cluster,
+        )
+        .map_err(|source| ReloadError::Apply {
+            file: file.clone(),
+            source,
+        })?;
         self.warn_about_fixed_settings(&config);
         targets
             .storage

@@ -17,6 +17,9 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApi;
 use crate::cache::CacheEngine;
+use crate::cluster::fanout::{PurgeFanout, PurgeRetries};
+use crate::cluster::health::{PeerChecker, PeerHealth};
+use crate::cluster::ClusterParts;
 use crate::config::Config;
 use crate::demo;
 use crate::events::{self, Endpoints};
@@ -26,7 +29,7 @@ use crate::proxy::connections::{
 };
 use crate::proxy::EdgeProxy;
 use crate::reload::{HangupWatcher, Reloader, Targets};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Runtime, SharedRuntime};
 use crate::stop::{Stopper, PINGORA_GRACE_MARGIN};
 use crate::tls::SniResolver;
 use crate::upstream::{health_events, HealthCheckRunner, HealthEvents};
@@ -96,6 +99,17 @@ fn add_tls_listeners<A>(
     Ok(())
 }
 
+/// The cluster's background work: peer health checks and purge retries (idle without
+/// `[cluster]`; a reload may add one).
+fn add_cluster_services(server: &mut Server, runtime: &SharedRuntime, parts: &ClusterParts) {
+    let current = runtime.clone();
+    let checker = PeerChecker::new(move || current.load().cluster.clone());
+    server.add_service(background_service("peer health checks", checker));
+    let current = runtime.clone();
+    let retries = PurgeRetries::new(parts.fanout.clone(), move || current.load().cluster.clone());
+    server.add_service(background_service("purge retries", retries));
+}
+
 /// pingora's process settings derived from our config.
 fn server_conf(config: &Config) -> ServerConf {
     let settings = &config.server;
@@ -121,9 +135,14 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let storage = cache.storage;
     let health_events = health_events();
     let metrics = Arc::new(Metrics::new());
-    let runtime = runtime::shared(Runtime::new(config, 1, &health_events, &metrics)?);
     let webhooks: Endpoints = Arc::new(ArcSwap::from_pointee(config.webhooks.clone()));
     let (events, dispatcher) = events::channel(&config.server.node_name, webhooks.clone());
+    let cluster = ClusterParts {
+        health: Arc::new(PeerHealth::new(events.clone())),
+        fanout: Arc::new(PurgeFanout::default()),
+    };
+    let runtime = runtime::shared(Runtime::new(config, 1, &health_events, &metrics, &cluster)?);
+    add_cluster_services(&mut server, &runtime, &cluster);
     let dispatcher = dispatcher.watching_health(&health_events).watching_cache(storage);
     let webhooks_finished = dispatcher.finished();
     server.add_service(background_service("webhooks", dispatcher));
@@ -168,6 +187,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
             certificates,
             health_events: health_events.clone(),
             webhooks,
+            cluster,
             events: events.clone(),
             metrics: metrics.clone(),
         },

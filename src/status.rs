@@ -23,6 +23,54 @@ pub struct NodeStatus {
     pub sites: Vec<SiteStatus>,
     /// Webhook deliveries since start.
     pub webhooks: WebhookCounts,
+    /// The cluster, when this node is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// This node's view of its cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node: String,
+    /// A hash of the peer ids and weights: every node should show the same.
+    pub ring_fingerprint: String,
+    /// Every node, this one included.
+    pub peers: Vec<PeerStatus>,
+    /// Requests this node forwarded to an owner, since start.
+    pub forwarded: u64,
+    /// Requests this node served for peers, since start.
+    pub served_for_peers: u64,
+    /// Forwarded requests that failed at their peer, since start.
+    pub peer_failures: u64,
+    /// Purge deliveries to peers acknowledged, failed (retried) and given up, since start.
+    pub purges: PurgeDeliveries,
+    /// The slowest purge fan-out so far, in milliseconds.
+    pub purge_fanout_max_ms: f64,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    /// Its id.
+    pub id: String,
+    /// Its traffic listener.
+    pub addr: String,
+    /// Its share of the keys, relative to the others.
+    pub weight: u32,
+    /// Answering (this node always is).
+    pub healthy: bool,
+}
+
+/// Purge deliveries to peers.
+#[derive(Debug, Serialize)]
+pub struct PurgeDeliveries {
+    /// Acknowledged.
+    pub sent: u64,
+    /// Not acknowledged at first (then retried).
+    pub failed: u64,
+    /// Given up after the last retry, or dropped from a full queue.
+    pub dropped: u64,
 }
 
 /// Which config runs.

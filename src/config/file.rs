@@ -34,6 +34,60 @@ pub struct FileConfig {
     /// Endpoints that receive events.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookSection>,
+    /// Several nodes sharing one cache space; off without this section.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's id; must be one of the peers.
+    pub node: String,
+    /// The key signing every request between peers (at least 16 characters).
+    pub secret: Option<String>,
+    /// Environment variable holding the secret instead.
+    pub secret_env: Option<String>,
+    /// Every node of the cluster, this one included: identical on every node.
+    pub peers: Vec<PeerSection>,
+    /// Longest a node keeps its own copy of a response fetched through its owner.
+    #[serde(default = "peer_copy_ttl")]
+    pub peer_copy_ttl: HumanDuration,
+    /// Connect timeout to a peer.
+    #[serde(default = "peer_connect_timeout")]
+    pub peer_connect_timeout: HumanDuration,
+    /// Longest wait for a peer's response header (and between reads of its body).
+    #[serde(default = "peer_timeout")]
+    pub peer_timeout: HumanDuration,
+}
+
+/// One `peers` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The node's id, the same in every node's config.
+    pub id: String,
+    /// Its plain-HTTP traffic listener, `host:port`.
+    pub addr: String,
+    /// Its share of the keys, relative to the others.
+    #[serde(default = "peer_weight")]
+    pub weight: u32,
+}
+
+fn peer_weight() -> u32 {
+    1
+}
+
+fn peer_copy_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn peer_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(500))
+}
+
+fn peer_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
 }
 
 /// `[admin]`

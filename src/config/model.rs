@@ -26,6 +26,47 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Event receivers.
     pub webhooks: Vec<WebhookSettings>,
+    /// The cluster this node belongs to, if any.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Validated `[cluster]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id (one of `peers`).
+    pub node: String,
+    /// The key signing requests between peers (never logged: `Debug` hides it).
+    pub secret: String,
+    /// Every node, this one included, in config order.
+    pub peers: Vec<PeerSettings>,
+    /// Longest a node keeps its own copy of a response fetched through its owner.
+    pub peer_copy_ttl: Duration,
+    /// Connect timeout to a peer.
+    pub peer_connect_timeout: Duration,
+    /// Longest wait for a peer's response header.
+    pub peer_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("node", &self.node)
+            .field("secret", &"<hidden>")
+            .field("peers", &self.peers)
+            .field("peer_copy_ttl", &self.peer_copy_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// Its id, the same on every node.
+    pub id: String,
+    /// Its plain-HTTP traffic listener.
+    pub addr: SocketAddr,
+    /// Its share of the keys, relative to the others.
+    pub weight: u32,
 }
 
 /// Validated `[admin]`.

@@ -102,6 +102,7 @@ pub(super) fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigErr
         demo_listen: file.demo.as_ref().map(|d| d.listen),
         admin: freeze_admin(file.admin.as_ref(), at)?,
         webhooks: freeze_webhooks(&file.webhooks, at)?,
+        cluster: freeze_cluster(file.cluster.as_ref(), at)?,
     })
 }
 
@@ -558,4 +559,91 @@ fn check_hosts_unique(sites: &[SiteSettings], at: &Locator) -> Result<(), Config
         }
     }
     Ok(())
+}
+
+/// The smallest cluster secret accepted.
+const MIN_CLUSTER_SECRET: usize = 16;
+
+fn freeze_cluster(
+    section: Option<&file::ClusterSection>,
+    at: &Locator,
+) -> Result<Option<ClusterSettings>, ConfigError> {
+    let Some(section) = section else { return Ok(None) };
+    let secret = match (&section.secret, &section.secret_env) {
+        (Some(secret), None) => secret.clone(),
+        (None, Some(name)) => environment_variable(name, "cluster.secret_env", at)?,
+        (Some(_), Some(_)) => return Err(at.error("cluster.secret", "set secret or secret_env, not both")),
+        (None, None) => return Err(at.error("cluster", "the cluster needs secret or secret_env")),
+    };
+    if secret.len() < MIN_CLUSTER_SECRET {
+        let key = if section.secret.is_some() {
+            "cluster.secret"
+        } else {
+            "cluster.secret_env"
+        };
+        return Err(at.error(
+            key,
+            format!("the secret must be at least {MIN_CLUSTER_SECRET} characters"),
+        ));
+    }
+    let mut peers: Vec<PeerSettings> = Vec::with_capacity(section.peers.len());
+    for (i, peer) in section.peers.iter().enumerate() {
+        let key = |field: &str| format!("cluster.peers[{i}].{field}");
+        if peer.id.is_empty()
+            || !peer
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(at.error(&key("id"), "letters, digits, '-', '_' and '.' only"));
+        }
+        if peers.iter().any(|p| p.id == peer.id) {
+            return Err(at.error(&key("id"), format!("{:?} is listed twice", peer.id)));
+        }
+        if peer.weight == 0 || peer.weight > 100 {
+            return Err(at.error(&key("weight"), "must be between 1 and 100"));
+        }
+        let addr =
+            resolve_origin(&peer.addr).map_err(|m| at.error(&key("addr"), m.replace("origin", "peer")))?;
+        peers.push(PeerSettings {
+            id: peer.id.clone(),
+            addr,
+            weight: peer.weight,
+        });
+    }
+    if !peers.iter().any(|p| p.id == section.node) {
+        return Err(at.error(
+            "cluster.node",
+            format!("{:?} is not one of cluster.peers", section.node),
+        ));
+    }
+    check_duration(
+        at,
+        "cluster.peer_copy_ttl",
+        section.peer_copy_ttl.0,
+        Duration::ZERO,
+        DAY,
+    )?;
+    check_duration(
+        at,
+        "cluster.peer_connect_timeout",
+        section.peer_connect_timeout.0,
+        MILLISECOND,
+        HOUR,
+    )?;
+    check_duration(
+        at,
+        "cluster.peer_timeout",
+        section.peer_timeout.0,
+        MILLISECOND,
+        HOUR,
+    )?;
+    Ok(Some(ClusterSettings {
+        node: section.node.clone(),
+        secret,
+        peers,
+        peer_copy_ttl: section.peer_copy_ttl.0,
+        peer_connect_timeout: section.peer_connect_timeout.0,
+        peer_timeout: section.peer_timeout.0,
+    }))
 }

@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub upstream: UpstreamTrace,
     /// Content coding negotiation and on-the-fly compression.
     pub encoding: Encoding,
+    /// Its way through the cluster.
+    pub cluster: ClusterTrace,
 }
 
 impl RequestCtx {
@@ -37,6 +39,7 @@ impl RequestCtx {
             cache: CacheTrace::default(),
             upstream: UpstreamTrace::default(),
             encoding: Encoding::default(),
+            cluster: ClusterTrace::default(),
         }
     }
 
@@ -44,6 +47,17 @@ impl RequestCtx {
     pub fn site(&self) -> Option<&Site> {
         self.route.site.and_then(|i| self.runtime.sites.get(i))
     }
+}
+
+/// The request's way through the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterTrace {
+    /// The peer that sent it, when its signature holds: served here, never forwarded again.
+    pub from_peer: Option<String>,
+    /// The peer (index in the peer list) it is being forwarded to.
+    pub forwarded_to: Option<usize>,
+    /// Peers that failed it already.
+    pub tried: Vec<usize>,
 }
 
 /// Which site and URL the request is for.

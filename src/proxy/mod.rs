@@ -14,6 +14,7 @@ pub mod decorate;
 pub mod encoding;
 pub mod errors;
 pub mod headers;
+pub mod peer;
 pub mod record;
 pub mod respond;
 pub mod retry;
@@ -37,7 +38,7 @@ use crate::cache::policy;
 use crate::cache::{cache_key, codings, invalidation, vary, CacheEngine};
 use crate::events::EventSink;
 use crate::metrics::Metrics;
-use crate::purge::{PurgeReport, PurgeVia};
+use crate::purge::{self, PurgeReport, PurgeVia};
 use crate::runtime::SharedRuntime;
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
@@ -102,7 +103,20 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// Routes the request to a site, or answers 400/404.
+    /// Answers the cluster's peer endpoints; trusts a peer's signed request; routes the request
+    /// to a site, or answers 400/404.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if ctx.runtime.cluster.is_some() {
+            let endpoints = peer::PeerEndpoints {
+                storage: self.cache.storage,
+                metrics: &self.metrics,
+                events: &self.events,
+            };
+            if peer::serve_endpoint(endpoints, session, ctx).await? {
+                return Ok(true);
+            }
+        }
+        peer::accept_peer_header(session.req_header_mut(), ctx);
         route::route(session, ctx).await
     }
 
@@ -151,6 +165,10 @@ impl ProxyHttp for EdgeProxy {
             via: PurgeVia::PurgeMethod,
         };
         report.send(&self.metrics, &self.events);
+        if let Some(cluster) = ctx.runtime.cluster.clone() {
+            let body = purge::request_body("url", &target, false);
+            tokio::spawn(async move { cluster.fanout.send(&cluster, body).await });
+        }
         Ok(())
     }
 
@@ -227,6 +245,12 @@ impl ProxyHttp for EdgeProxy {
     /// Picks an origin of the request's site. "No origin" is an upstream error, so a stale copy
     /// can still be served.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        if let Some(owner) = peer::forward_to_owner(ctx) {
+            ctx.upstream.started = Some(Instant::now());
+            ctx.cache.fill_start.start();
+            ctx.upstream.addr = Some(owner._address.to_string());
+            return Ok(owner);
+        }
         let site = ctx
             .site()
             .or_err(ErrorType::InternalError, "request has no site")?;
@@ -264,7 +288,8 @@ impl ProxyHttp for EdgeProxy {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let version = session.req_header().version;
         headers::prepare_for_origin(upstream_request, ctx, client_ip, version)?;
-        encoding::origin_codings(upstream_request, ctx)
+        encoding::origin_codings(upstream_request, ctx)?;
+        peer::sign_forwarded(upstream_request, ctx)
     }
 
     /// Decides whether the origin's response is stored and for how long.
@@ -291,6 +316,7 @@ impl ProxyHttp for EdgeProxy {
             .runtime
             .policy
             .response_cacheability(session.req_header(), resp, now);
+        let decision = peer::cap_peer_copy(decision, ctx);
         ctx.cache.storable = decision.is_cacheable();
         Ok(decision)
     }
@@ -305,7 +331,7 @@ impl ProxyHttp for EdgeProxy {
         errors::check_total_timeout(ctx)?;
         ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
-        if let (Some(site), Some(addr)) = (ctx.site(), &ctx.upstream.addr) {
+        if let (Some(site), Some(addr), false) = (ctx.site(), &ctx.upstream.addr, peer::is_forwarded(ctx)) {
             site.origins.record(addr, resp.status.as_u16() < 500);
         }
         headers::strip_response_hop_by_hop(resp);
@@ -379,6 +405,11 @@ impl ProxyHttp for EdgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let idempotent = session.req_header().method.is_idempotent();
+        if !errors::is_client_fault(&e) && peer::forward_failed(ctx) {
+            // The owner is down: the next node on the ring, or the origin, serves it.
+            e.set_retry(idempotent);
+            return e;
+        }
         retry::after_connect_failure(&mut e, &peer._address.to_string(), idempotent, ctx);
         e
     }
@@ -398,6 +429,19 @@ impl ProxyHttp for EdgeProxy {
         let mut e = e.more_context(format!("origin {peer}"));
         let idempotent =
             session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if peer::is_forwarded(ctx) && !errors::is_client_fault(&e) {
+            let no_response_yet = ctx.upstream.status.is_none();
+            if upstream_reused && no_response_yet {
+                // A pooled connection the peer had closed: the same peer, on a new connection.
+                ctx.cluster.tried.pop();
+                ctx.cluster.forwarded_to = None;
+                e.retry.decide_reuse(true);
+                return e;
+            }
+            peer::forward_failed(ctx);
+            e.set_retry(idempotent && no_response_yet);
+            return e;
+        }
         let failure = retry::ProxyFailure {
             origin: &peer._address.to_string(),
             idempotent,

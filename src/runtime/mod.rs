@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::cache::CachePolicy;
+use crate::cluster::{Cluster, ClusterParts};
 use crate::compression::CompressionPolicy;
 use crate::config::{Config, SiteSettings};
 use crate::metrics::{Metrics, SiteMetrics};
@@ -58,18 +59,22 @@ pub struct Runtime {
     pub access_log: Option<AccessLog>,
     /// The admin API's bearer token (None: every admin request is refused).
     pub admin_token: Option<String>,
+    /// The cluster this node belongs to (None: a node on its own).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The current runtime, shared by the proxy, the reloader, the admin API and health checks.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
 impl Runtime {
-    /// The runtime for `config`, numbered `version`, counting requests in `metrics`.
+    /// The runtime for `config`, numbered `version`, counting requests in `metrics`, its
+    /// cluster (if any) built on the long-lived `cluster` parts.
     pub fn new(
         config: &Config,
         version: u64,
         events: &HealthEvents,
         metrics: &Metrics,
+        cluster: &ClusterParts,
     ) -> std::io::Result<Runtime> {
         let mut sites = Vec::with_capacity(config.sites.len());
         for settings in &config.sites {
@@ -110,6 +115,10 @@ impl Runtime {
                 false => None,
             },
             admin_token: config.admin.as_ref().map(|a| a.token.clone()),
+            cluster: config
+                .cluster
+                .clone()
+                .map(|settings| Arc::new(Cluster::new(settings, cluster))),
         })
     }
 

@@ -363,6 +363,13 @@ impl Proxy {
         Proxy::run(config, addr)
     }
 
+    /// Starts the proxy from a whole config `text` whose listener is `addr`.
+    pub fn start_config(text: &str, addr: SocketAddr) -> Proxy {
+        let config = edgecache::config::Config::parse(text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        Proxy::run(config, addr)
+    }
+
     /// Starts the proxy from a config file (which `POST /reload` re-reads), listening on `addr`.
     pub fn start_file(path: &std::path::Path, addr: SocketAddr) -> Proxy {
         let config = edgecache::config::Config::load(path).unwrap_or_else(|e| panic!("{e}"));

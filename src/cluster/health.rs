@@ -1,0 +1,146 @@
+//! Which peers answer. A peer that fails a forwarded request is out at once (passive); every
+//! [`CHECK_INTERVAL`] each peer's health endpoint is asked (active), which takes a dead peer
+//! out within about two seconds and brings it back once it answers. Changes are logged and
+//! announced as `peer_health` events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::signature::Signed;
+use super::{Cluster, HEALTH_PATH};
+use crate::event_kind::EventKind;
+use crate::events::EventSink;
+
+/// How often each peer is checked.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Cluster traffic since start.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Requests this node forwarded to an owner.
+    pub forwarded: AtomicU64,
+    /// Requests this node served for a peer.
+    pub served_for_peers: AtomicU64,
+    /// Forwarded requests that failed (and went to the next node or the origin).
+    pub peer_failures: AtomicU64,
+    /// Purges sent to peers and acknowledged.
+    pub purges_sent: AtomicU64,
+    /// Purge deliveries to peers that failed (retried from the queue).
+    pub purge_failures: AtomicU64,
+    /// Purge deliveries given up after the last retry.
+    pub purges_dropped: AtomicU64,
+    /// Slowest purge fan-out so far, in microseconds.
+    pub purge_fanout_max_us: AtomicU64,
+}
+
+/// The health of every peer, by id; unknown peers count as up.
+pub struct PeerHealth {
+    down: RwLock<HashMap<String, bool>>,
+    events: EventSink,
+    /// Cluster traffic counters.
+    pub counters: ClusterCounters,
+}
+
+impl PeerHealth {
+    /// Every peer up; changes announced on `events`.
+    pub fn new(events: EventSink) -> PeerHealth {
+        PeerHealth {
+            down: RwLock::default(),
+            events,
+            counters: ClusterCounters::default(),
+        }
+    }
+
+    /// Whether `peer` takes requests.
+    pub fn is_up(&self, peer: &str) -> bool {
+        let down = self.down.read().unwrap_or_else(|e| e.into_inner());
+        !down.get(peer).copied().unwrap_or(false)
+    }
+
+    /// A forwarded request to `peer` failed: out until its check passes.
+    pub fn failed(&self, peer: &str) {
+        self.counters.peer_failures.fetch_add(1, Ordering::Relaxed);
+        self.set(peer, false);
+    }
+
+    /// Records a check of `peer`.
+    pub fn set(&self, peer: &str, up: bool) {
+        let mut down = self.down.write().unwrap_or_else(|e| e.into_inner());
+        let was_up = !down.get(peer).copied().unwrap_or(false);
+        down.insert(peer.to_string(), !up);
+        drop(down);
+        if was_up != up {
+            if up {
+                tracing::info!(peer, "cluster peer is back");
+            } else {
+                tracing::warn!(peer, "cluster peer is down: its keys go to the next node");
+            }
+            self.events.emit(
+                EventKind::PeerHealth,
+                serde_json::json!({ "peer": peer, "healthy": up }),
+            );
+        }
+    }
+}
+
+/// Checks every peer of the running cluster, every [`CHECK_INTERVAL`].
+pub struct PeerChecker {
+    cluster: Box<dyn Fn() -> Option<Arc<Cluster>> + Send + Sync>,
+}
+
+impl PeerChecker {
+    /// Checks the peers of whatever cluster `cluster` returns at each round.
+    pub fn new(cluster: impl Fn() -> Option<Arc<Cluster>> + Send + Sync + 'static) -> PeerChecker {
+        PeerChecker {
+            cluster: Box::new(cluster),
+        }
+    }
+
+    async fn check_all(client: &reqwest::Client, cluster: &Cluster) {
+        let checks = cluster.others().map(|peer| async move {
+            let host = peer.addr.to_string();
+            let signed = Signed {
+                method: "GET",
+                host: &host,
+                path: HEALTH_PATH,
+                body: b"",
+            };
+            let answer = client
+                .get(format!("http://{host}{HEALTH_PATH}"))
+                .header(super::signature::PEER_HEADER, cluster.sign(signed))
+                .timeout(cluster.settings.peer_connect_timeout + CHECK_INTERVAL)
+                .send()
+                .await;
+            let up = answer.is_ok_and(|a| a.status().is_success());
+            cluster.health.set(&peer.id, up);
+        });
+        futures_util::future::join_all(checks).await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PeerChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
+            tracing::error!("cannot create the peer health-check client");
+            return;
+        };
+        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(cluster) = (self.cluster)() {
+                        PeerChecker::check_all(&client, &cluster).await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

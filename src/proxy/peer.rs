@@ -1,0 +1,238 @@
+//! The cluster on the request path: trusting a peer's signed request, the endpoints only
+//! peers may use, forwarding a miss to the key's owner, and what a forwarded request changes.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use pingora::cache::key::CacheHashKey;
+use pingora::cache::{CacheMeta, RespCacheable};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Result;
+
+use super::ctx::RequestCtx;
+use super::respond::respond_text;
+use crate::cache::{cache_key, MokaStorage};
+use crate::cluster::signature::{Signed, PEER_HEADER};
+use crate::cluster::{HEALTH_PATH, PEER_PATH_PREFIX, PURGE_PATH};
+use crate::events::EventSink;
+use crate::metrics::Metrics;
+use crate::purge::{self, PurgeVia};
+
+/// Largest purge body a peer may send.
+const MAX_PEER_BODY: usize = 64 * 1024;
+
+/// Removes the peer header from the request and, when its signature holds, notes which peer
+/// sent the request: it is served here and never forwarded again. A header that does not
+/// verify (a client's) is dropped, and the request is a client's like any other.
+pub fn accept_peer_header(req: &mut RequestHeader, ctx: &mut RequestCtx) {
+    let Some(value) = req.remove_header(PEER_HEADER) else {
+        return;
+    };
+    let Some(cluster) = &ctx.runtime.cluster else {
+        return;
+    };
+    let value = value.to_str().unwrap_or_default();
+    let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let signed = Signed {
+        method: req.method.as_str(),
+        host: host
+            .or(req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default(),
+        path,
+        body: b"",
+    };
+    ctx.cluster.from_peer = cluster.verify(value, signed);
+    if ctx.cluster.from_peer.is_some() {
+        cluster
+            .health
+            .counters
+            .served_for_peers
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the peer endpoints act on.
+pub struct PeerEndpoints<'a> {
+    /// The cache purges apply to.
+    pub storage: &'static MokaStorage,
+    /// Where purges are counted.
+    pub metrics: &'a Metrics,
+    /// Where purges are announced.
+    pub events: &'a EventSink,
+}
+
+/// Answers a request for a peer endpoint (health, purge): `true` when it was one. Only a
+/// request signed by a peer (its body included) gets anything but 403.
+pub async fn serve_endpoint(
+    endpoints: PeerEndpoints<'_>,
+    session: &mut Session,
+    ctx: &RequestCtx,
+) -> Result<bool> {
+    let Some(cluster) = &ctx.runtime.cluster else {
+        return Ok(false);
+    };
+    let req = session.req_header();
+    let path = req.uri.path().to_string();
+    if !path.starts_with(PEER_PATH_PREFIX) {
+        return Ok(false);
+    }
+    let value = req
+        .headers
+        .get(PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let method = req.method.as_str().to_string();
+    let body = read_body(session).await;
+    let signed = Signed {
+        method: &method,
+        host: &host,
+        path: &path,
+        body: &body,
+    };
+    let Some(peer) = cluster.verify(&value, signed) else {
+        respond_text(session, 403, "not a signed peer request\n").await?;
+        return Ok(true);
+    };
+    match (method.as_str(), path.as_str()) {
+        ("GET", HEALTH_PATH) => respond_text(session, 200, "ok\n").await?,
+        ("POST", PURGE_PATH) => match purge::parse_purge_request(&body) {
+            Ok(request) => {
+                let purged = request.apply(endpoints.storage);
+                request
+                    .report(purged, PurgeVia::Peer(&peer))
+                    .send(endpoints.metrics, endpoints.events);
+                respond_json(session, &serde_json::json!({ "purged": purged })).await?;
+            }
+            Err(message) => {
+                tracing::warn!(peer, message, "a peer sent a purge this node cannot read");
+                respond_text(session, 400, "invalid purge\n").await?;
+            }
+        },
+        _ => respond_text(session, 404, "no such peer endpoint\n").await?,
+    }
+    Ok(true)
+}
+
+/// The request body, up to [`MAX_PEER_BODY`] (what is beyond is left unread: the signature
+/// will not hold).
+async fn read_body(session: &mut Session) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_PEER_BODY {
+            break;
+        }
+    }
+    body
+}
+
+async fn respond_json(session: &mut Session, value: &serde_json::Value) -> Result<()> {
+    let body = value.to_string();
+    let mut resp = pingora::http::ResponseHeader::build(200, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// The peer a cache miss goes to instead of the origin: the first node on the ring for the
+/// URL that answers, unless that is this node, or the request came from a peer (one hop at
+/// most), or it is not a cache lookup.
+pub fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
+    let cluster = ctx.runtime.cluster.clone()?;
+    if ctx.cluster.from_peer.is_some() || !ctx.cache.enabled || ctx.route.purge {
+        return None;
+    }
+    let key = cache_key(ctx.route.target.as_ref()?).primary_bin();
+    let (index, owner) = cluster.forward_target(&key, &ctx.cluster.tried)?;
+    let mut peer = HttpPeer::new(owner.addr, false, String::new());
+    let options = &mut peer.options;
+    options.connection_timeout = Some(cluster.settings.peer_connect_timeout);
+    options.total_connection_timeout = Some(cluster.settings.peer_connect_timeout * 2);
+    options.read_timeout = Some(cluster.settings.peer_timeout);
+    ctx.cluster.forwarded_to = Some(index);
+    ctx.cluster.tried.push(index);
+    cluster.health.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+    Some(Box::new(peer))
+}
+
+/// Signs a request being forwarded to its owner (after it was made fit for an origin).
+pub fn sign_forwarded(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let (Some(cluster), Some(_)) = (&ctx.runtime.cluster, ctx.cluster.forwarded_to) else {
+        return Ok(());
+    };
+    let host = upstream_request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let path = upstream_request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let method = upstream_request.method.as_str().to_string();
+    let signed = Signed {
+        method: &method,
+        host: &host,
+        path: &path,
+        body: b"",
+    };
+    upstream_request.insert_header(PEER_HEADER, cluster.sign(signed))?;
+    Ok(())
+}
+
+/// The forwarded request failed at its peer: the peer is out of the ring until its check
+/// passes, and the request goes to the next node or the origin. `true` when it was forwarded.
+pub fn forward_failed(ctx: &mut RequestCtx) -> bool {
+    let Some(index) = ctx.cluster.forwarded_to.take() else {
+        return false;
+    };
+    if let Some(cluster) = &ctx.runtime.cluster {
+        if let Some(peer) = cluster.settings.peers.get(index) {
+            cluster.health.failed(&peer.id);
+        }
+    }
+    true
+}
+
+/// A response that came through its owner is kept here for at most `peer_copy_ttl`, so a purge
+/// this node missed cannot leave it stale for long.
+pub fn cap_peer_copy(decision: RespCacheable, ctx: &RequestCtx) -> RespCacheable {
+    let (Some(cluster), Some(_)) = (&ctx.runtime.cluster, ctx.cluster.forwarded_to) else {
+        return decision;
+    };
+    let RespCacheable::Cacheable(meta) = decision else {
+        return decision;
+    };
+    let cap = SystemTime::now() + cluster.settings.peer_copy_ttl;
+    if meta.fresh_until() <= cap {
+        return RespCacheable::Cacheable(meta);
+    }
+    let capped = CacheMeta::new(
+        cap,
+        meta.created(),
+        meta.stale_while_revalidate_sec(),
+        meta.stale_if_error_sec(),
+        meta.response_header().clone(),
+    );
+    RespCacheable::Cacheable(capped)
+}
+
+/// Whether the request is on its way to a peer rather than an origin.
+pub fn is_forwarded(ctx: &RequestCtx) -> bool {
+    ctx.cluster.forwarded_to.is_some()
+}

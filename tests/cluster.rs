@@ -1,0 +1,329 @@
+//! Several real nodes on one machine (127.0.0.2, 127.0.0.3, ... on one port) sharing one
+//! cache space: each URL fetched from the origin once, concurrent misses coalesced across
+//! nodes, purges reaching every node, forged peer headers ignored, a hung peer not holding a
+//! purge, and a killed node losing no request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Origin, Proxy, Reply};
+use edgecache::cluster::ring::Ring;
+use edgecache::config::PeerSettings;
+
+const SECRET: &str = "0123456789abcdef-cluster";
+const TOKEN: &str = "admin-token-for-tests";
+const HOST: &str = "site.test";
+
+/// A port free on 127.0.0.2 up to 127.0.0.(n + 1), for the traffic listeners of `n` nodes.
+fn cluster_port(n: u8) -> u16 {
+    loop {
+        let port = free_port().port();
+        let free = (2..n + 2).all(|i| StdListener::bind(SocketAddr::from(([127, 0, 0, i], port))).is_ok());
+        if free {
+            return port;
+        }
+    }
+}
+
+/// Node `i` (from 0) of a cluster whose nodes listen on `port`.
+fn node_addr(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2 + i as u8], port))
+}
+
+fn node_id(i: usize) -> String {
+    format!("edge-{}", i + 1)
+}
+
+/// The `[cluster]` section of node `me` among `nodes` nodes on `port`.
+fn cluster_section(me: usize, nodes: usize, port: u16) -> String {
+    let peers: Vec<String> = (0..nodes)
+        .map(|i| format!("{{ id = \"{}\", addr = \"{}\" }}", node_id(i), node_addr(i, port)))
+        .collect();
+    format!(
+        "[cluster]\nnode = \"{}\"\nsecret = \"{SECRET}\"\npeer_timeout = \"2s\"\npeers = [{}]\n",
+        node_id(me),
+        peers.join(", ")
+    )
+}
+
+/// The whole config of node `me`: its listener, its admin API one port up, the cluster, and a
+/// site in front of `origin`.
+fn node_config(me: usize, nodes: usize, port: u16, admin_port: u16, origin: SocketAddr) -> String {
+    let addr = node_addr(me, port);
+    let admin = SocketAddr::new(addr.ip(), admin_port);
+    format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\naccess_log = false\nnode_name = \"{}\"\n\
+         [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n{}\
+         [[site]]\nhosts = [\"{HOST}\"]\norigins = [\"{origin}\"]\n",
+        node_id(me),
+        cluster_section(me, nodes, port)
+    )
+}
+
+/// `nodes` in-process nodes in front of `origin`.
+struct Cluster {
+    /// Running while the cluster lives.
+    _nodes: Vec<Proxy>,
+    port: u16,
+    admin_port: u16,
+}
+
+impl Cluster {
+    /// Starts `count` nodes and returns once each sees every other as healthy.
+    async fn start(count: usize, origin: &Origin) -> Cluster {
+        let port = cluster_port(count as u8);
+        let admin_port = cluster_port(count as u8);
+        let nodes = (0..count)
+            .map(|i| {
+                Proxy::start_config(
+                    &node_config(i, count, port, admin_port, origin.addr),
+                    node_addr(i, port),
+                )
+            })
+            .collect();
+        let cluster = Cluster {
+            _nodes: nodes,
+            port,
+            admin_port,
+        };
+        for node in 0..count {
+            cluster.all_peers_healthy(node).await;
+        }
+        cluster
+    }
+
+    /// Waits until `node` sees every peer as healthy (peers started after it were not, yet).
+    async fn all_peers_healthy(&self, node: usize) {
+        common::eventually_async(Duration::from_secs(10), "every peer is seen healthy", || async {
+            let status = self.admin(node, "GET", "/status", None).await;
+            let peers = status["cluster"]["peers"].as_array().cloned().unwrap_or_default();
+            peers.iter().all(|p| p["healthy"] == true)
+        })
+        .await;
+    }
+
+    fn url(&self, node: usize, path: &str) -> String {
+        format!("http://{}{path}", node_addr(node, self.port))
+    }
+
+    async fn get(&self, node: usize, path: &str) -> (u16, String) {
+        let resp = common::client()
+            .get(self.url(node, path))
+            .header("host", HOST)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn admin(&self, node: usize, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let url = format!(
+            "http://{}{path}",
+            SocketAddr::new(node_addr(node, self.port).ip(), self.admin_port)
+        );
+        let mut request = common::client()
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        serde_json::from_str(&request.send().await.unwrap().text().await.unwrap()).unwrap()
+    }
+}
+
+/// The ring the nodes compute, for the test to know owners.
+fn ring(nodes: usize, port: u16) -> Ring {
+    let peers: Vec<PeerSettings> = (0..nodes)
+        .map(|i| PeerSettings {
+            id: node_id(i),
+            addr: node_addr(i, port),
+            weight: 1,
+        })
+        .collect();
+    Ring::new(&peers)
+}
+
+/// The index of the node owning `path` on `HOST`.
+fn owner_of(ring: &Ring, path: &str) -> usize {
+    use pingora::cache::key::CacheHashKey;
+    let target = edgecache::cache::CacheTarget {
+        scheme: "http",
+        host: HOST.into(),
+        authority: HOST.into(),
+        path_and_query: path.into(),
+    };
+    ring.candidates(&edgecache::cache::cache_key(&target).primary_bin())[0]
+}
+
+fn counted(origin: &Origin, path: &str) {
+    origin.route(path, |_, n| {
+        Reply::ok(format!("v{n}")).header("cache-control", "max-age=600")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_url_is_fetched_from_the_origin_once_across_three_nodes() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..100).map(|i| format!("/u/{i}")).collect();
+    for path in &paths {
+        counted(&origin, path);
+    }
+    let cluster = Cluster::start(3, &origin).await;
+    for node in 0..3 {
+        for path in &paths {
+            assert_eq!(cluster.get(node, path).await, (200, "v1".to_string()));
+        }
+    }
+    for path in &paths {
+        assert_eq!(origin.hits(path), 1, "{path} fetched more than once");
+        let seen = &origin.seen(path)[0];
+        assert!(
+            seen.headers.get("x-edgecache-peer").is_none(),
+            "the peer header reached the origin"
+        );
+    }
+    let ring = ring(3, cluster.port);
+    let owned_by_first = paths.iter().filter(|p| owner_of(&ring, p) == 0).count();
+    let status = cluster.admin(0, "GET", "/status", None).await;
+    assert_eq!(status["cluster"]["node"], "edge-1");
+    assert_eq!(status["cluster"]["peers"].as_array().unwrap().len(), 3);
+    let fingerprint = status["cluster"]["ring_fingerprint"].clone();
+    assert_eq!(
+        cluster.admin(2, "GET", "/status", None).await["cluster"]["ring_fingerprint"],
+        fingerprint
+    );
+    // Node 1 forwarded the URLs it does not own, once each.
+    assert_eq!(
+        status["cluster"]["forwarded"],
+        (100 - owned_by_first) as u64,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_url_requested_100_times_across_three_nodes_is_fetched_once() {
+    let origin = Origin::start().await;
+    origin.route("/cold", |_, _| {
+        Reply::ok("cold")
+            .header("cache-control", "max-age=600")
+            .delay(Duration::from_millis(300))
+    });
+    let cluster = std::sync::Arc::new(Cluster::start(3, &origin).await);
+    let requests: Vec<_> = (0..100)
+        .map(|i| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.get(i % 3, "/cold").await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), (200, "cold".to_string()));
+    }
+    assert_eq!(origin.hits("/cold"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_peer_header_is_a_client_request() {
+    let origin = Origin::start().await;
+    let cluster = Cluster::start(3, &origin).await;
+    let ring = ring(3, cluster.port);
+    // A URL node 1 does not own: a trusted peer request would be served by node 1 itself.
+    let path = (0..)
+        .map(|i| format!("/forged/{i}"))
+        .find(|p| owner_of(&ring, p) != 0)
+        .unwrap();
+    counted(&origin, &path);
+    let now = edgecache::cluster::signature::unix_now();
+    let forged = format!("edge-2 {now} {}", "0".repeat(64));
+    let resp = common::client()
+        .get(cluster.url(0, &path))
+        .header("host", HOST)
+        .header("x-edgecache-peer", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let owner = owner_of(&ring, &path);
+    assert_eq!(cluster.get(owner, &path).await, (200, "v1".to_string()));
+    assert_eq!(
+        origin.hits(&path),
+        1,
+        "the forged request was not forwarded to the owner"
+    );
+    let status = cluster.admin(0, "GET", "/status", None).await;
+    assert_eq!(status["cluster"]["forwarded"], 1);
+    // The peer endpoints refuse unsigned callers.
+    let purge = common::client()
+        .post(cluster.url(0, "/.edgecache/peer/purge"))
+        .body(r#"{"host": "site.test"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_on_one_node_reaches_every_node() {
+    let origin = Origin::start().await;
+    counted(&origin, "/p");
+    let cluster = Cluster::start(3, &origin).await;
+    for node in 0..3 {
+        assert_eq!(cluster.get(node, "/p").await.1, "v1");
+    }
+    let started = Instant::now();
+    let answer = cluster
+        .admin(1, "POST", "/purge", Some(r#"{"url": "http://site.test/p"}"#))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let peers = answer["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{answer}");
+    assert!(peers.iter().all(|p| p["ok"] == true), "{answer}");
+    for node in 0..3 {
+        assert_eq!(
+            cluster.get(node, "/p").await.1,
+            "v2",
+            "node {node} kept the purged body"
+        );
+    }
+    assert_eq!(origin.hits("/p"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_peer_does_not_hold_a_purge() {
+    let origin = Origin::start().await;
+    counted(&origin, "/h");
+    let port = cluster_port(3);
+    let admin_port = cluster_port(3);
+    // Node 3 accepts connections and never answers.
+    let hung = StdListener::bind(node_addr(2, port)).unwrap();
+    let nodes: Vec<Proxy> = (0..2)
+        .map(|i| {
+            Proxy::start_config(
+                &node_config(i, 3, port, admin_port, origin.addr),
+                node_addr(i, port),
+            )
+        })
+        .collect();
+    let cluster = Cluster {
+        _nodes: nodes,
+        port,
+        admin_port,
+    };
+    let started = Instant::now();
+    let answer = cluster
+        .admin(0, "POST", "/purge", Some(r#"{"host": "site.test"}"#))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let peers = answer["peers"].as_array().unwrap();
+    let by_id = |id: &str| peers.iter().find(|p| p["node"] == id).unwrap().clone();
+    assert_eq!(by_id("edge-2")["ok"], true, "{answer}");
+    assert_eq!(by_id("edge-3")["ok"], false, "{answer}");
+    drop(hung);
+}
