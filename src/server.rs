@@ -17,8 +17,8 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApi;
 use crate::cache::CacheEngine;
-use crate::cluster::fanout::{PurgeFanout, PurgeRetries};
-use crate::cluster::health::{PeerChecker, PeerHealth};
+use crate::cluster::fanout::PurgeRetries;
+use crate::cluster::health::PeerChecker;
 use crate::cluster::ClusterParts;
 use crate::config::Config;
 use crate::demo;
@@ -137,10 +137,7 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let metrics = Arc::new(Metrics::new());
     let webhooks: Endpoints = Arc::new(ArcSwap::from_pointee(config.webhooks.clone()));
     let (events, dispatcher) = events::channel(&config.server.node_name, webhooks.clone());
-    let cluster = ClusterParts {
-        health: Arc::new(PeerHealth::new(events.clone())),
-        fanout: Arc::new(PurgeFanout::default()),
-    };
+    let cluster = ClusterParts::new(events.clone());
     let runtime = runtime::shared(Runtime::new(config, 1, &health_events, &metrics, &cluster)?);
     add_cluster_services(&mut server, &runtime, &cluster);
     let dispatcher = dispatcher.watching_health(&health_events).watching_cache(storage);

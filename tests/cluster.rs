@@ -327,3 +327,200 @@ async fn a_hung_peer_does_not_hold_a_purge() {
     assert_eq!(by_id("edge-3")["ok"], false, "{answer}");
     drop(hung);
 }
+
+/// A node running as its own process, killed when dropped.
+struct NodeProcess(std::process::Child);
+
+impl NodeProcess {
+    fn start(config: &std::path::Path) -> NodeProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        NodeProcess(child)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.0.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `count` nodes as processes (configs in a fresh directory), `extra` appended to each
+/// `[cluster]` section; returns once each sees the others healthy.
+async fn start_processes(
+    name: &str,
+    count: usize,
+    origin: &Origin,
+    extra: &str,
+) -> (Cluster, Vec<NodeProcess>) {
+    let dir = std::env::temp_dir().join(format!("edgecache-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = cluster_port(count as u8);
+    let admin_port = cluster_port(count as u8);
+    let processes = (0..count)
+        .map(|i| {
+            let text = node_config(i, count, port, admin_port, origin.addr);
+            let text = text.replace("[[site]]", &format!("{extra}[[site]]"));
+            let path = dir.join(format!("node{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let process = NodeProcess::start(&path);
+            common::wait_until_listening(node_addr(i, port));
+            process
+        })
+        .collect();
+    let cluster = Cluster {
+        _nodes: Vec::new(),
+        port,
+        admin_port,
+    };
+    for node in 0..count {
+        cluster.all_peers_healthy(node).await;
+    }
+    (cluster, processes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_loses_no_request_and_only_its_keys_are_refetched() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..60).map(|i| format!("/k/{i}")).collect();
+    for path in &paths {
+        origin.route(path, |_, _| {
+            Reply::ok("body").header("cache-control", "max-age=600")
+        });
+    }
+    // No copies kept by non-owners: every request is served by its owner.
+    let (cluster, processes) = start_processes("kill", 3, &origin, "peer_copy_ttl = \"0s\"\n").await;
+    for path in &paths {
+        assert_eq!(cluster.get(0, path).await, (200, "body".to_string()));
+    }
+    let cluster = std::sync::Arc::new(cluster);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let loops: Vec<_> = (0..4)
+        .map(|l| {
+            let (cluster, paths, stopped, served) =
+                (cluster.clone(), paths.clone(), stopped.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut i = l;
+                while !*stopped.borrow() {
+                    let path = &paths[i % paths.len()];
+                    let url = cluster.url(i % 2, path);
+                    match common::client().get(&url).header("host", HOST).send().await {
+                        Ok(resp) if resp.status() == 200 => {}
+                        Ok(resp) => failures.push(format!("{url}: {}", resp.status())),
+                        Err(e) => failures.push(format!("{url}: {e}")),
+                    }
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+    let progress = |more: usize| {
+        let start = served.load(std::sync::atomic::Ordering::Relaxed);
+        let served = served.clone();
+        move || served.load(std::sync::atomic::Ordering::Relaxed) >= start + more
+    };
+    common::eventually(Duration::from_secs(10), "the loops run", progress(200)).await;
+    processes[2].signal("KILL");
+    common::eventually(Duration::from_secs(20), "the loops run on", progress(2000)).await;
+    stop.send_replace(true);
+    let mut failures = Vec::new();
+    for l in loops {
+        failures.extend(l.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let ring = ring(3, cluster.port);
+    for path in &paths {
+        let hits = origin.hits(path);
+        if owner_of(&ring, path) == 2 {
+            assert!(hits <= 2, "{path} (the dead node's) fetched {hits} times");
+        } else {
+            assert_eq!(hits, 1, "{path} (a live node's) was refetched");
+        }
+    }
+    drop(processes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_by_reload_takes_a_quarter_of_the_keys_without_refetching_them() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..200).map(|i| format!("/grow/{i}")).collect();
+    for path in &paths {
+        counted(&origin, path);
+    }
+    let dir = std::env::temp_dir().join(format!("edgecache-cluster-grow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = cluster_port(4);
+    let admin_port = cluster_port(4);
+    let write = |node: usize, nodes: usize| {
+        let path = dir.join(format!("node{node}.toml"));
+        std::fs::write(&path, node_config(node, nodes, port, admin_port, origin.addr)).unwrap();
+        path
+    };
+    let mut nodes: Vec<Proxy> = (0..3)
+        .map(|i| Proxy::start_file(&write(i, 3), node_addr(i, port)))
+        .collect();
+    let mut cluster = Cluster {
+        _nodes: Vec::new(),
+        port,
+        admin_port,
+    };
+    for node in 0..3 {
+        cluster.all_peers_healthy(node).await;
+    }
+    for path in &paths {
+        assert_eq!(cluster.get(0, path).await.1, "v1");
+    }
+    nodes.push(Proxy::start_file(&write(3, 4), node_addr(3, port)));
+    for node in 0..3 {
+        write(node, 4);
+        let answer = cluster.admin(node, "POST", "/reload", None).await;
+        assert_eq!(answer["version"], 2, "{answer}");
+    }
+    for node in 0..4 {
+        cluster.all_peers_healthy(node).await;
+    }
+    // The new node has nothing yet: every URL is served by its owner, the new node's own keys
+    // by asking their previous owner.
+    for path in &paths {
+        assert_eq!(cluster.get(3, path).await.1, "v1", "{path}");
+    }
+    let refetched: Vec<&String> = paths.iter().filter(|p| origin.hits(p) > 1).collect();
+    assert!(refetched.is_empty(), "refetched from the origin: {refetched:?}");
+    let (before, after) = (ring(3, port), ring(4, port));
+    let moved = paths
+        .iter()
+        .filter(|p| owner_of(&before, p) != owner_of(&after, p))
+        .count();
+    let share = moved as f64 / paths.len() as f64;
+    assert!(
+        (0.17..=0.33).contains(&share),
+        "{moved} of {} keys moved",
+        paths.len()
+    );
+    cluster._nodes = nodes;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,15 +50,16 @@ impl CacheEngine {
     }
 
     /// Turns caching on for one request: lookups and fills go to the storage, misses for one
-    /// key wait on one fill (up to the lock timeout), objects above the size limit pass through.
-    pub fn enable(&self, cache: &mut HttpCache) {
+    /// key wait on one fill (up to the lock timeout) unless `wait_for_fills` is off, objects
+    /// above the size limit pass through.
+    pub fn enable(&self, cache: &mut HttpCache, wait_for_fills: bool) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         cache.enable(
             self.storage,
             None,
             Some(self.predictor),
-            Some(self.lock),
+            wait_for_fills.then_some(self.lock),
             Some(overrides),
         );
         cache.set_max_file_size_bytes(self.max_object_size);

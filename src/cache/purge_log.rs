@@ -10,7 +10,7 @@
 //! folded into a floor: every fill that started before it is refused (rare: a fill that old).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora::cache::key::HashBinary;
@@ -79,19 +79,27 @@ pub const RETENTION: Duration = Duration::from_secs(3600);
 
 /// When a request started fetching from the origin: carried in the cache key's extensions from
 /// the proxy (which sets it when it picks an origin) to the storage (which checks it when the
-/// fill completes).
+/// fill completes). A response relayed by a cluster peer dates from when that peer fetched it.
 #[derive(Debug, Clone, Default)]
-pub struct FillStart(Arc<OnceLock<Instant>>);
+pub struct FillStart(Arc<Mutex<Option<Instant>>>);
 
 impl FillStart {
     /// Records now as the start of the fill (the first call wins: retries keep the first).
     pub fn start(&self) {
-        let _ = self.0.set(Instant::now());
+        let mut started = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        started.get_or_insert_with(Instant::now);
+    }
+
+    /// Moves the start back to `earlier` (the body was fetched from the origin then, by a peer),
+    /// so a purge made here since then keeps it out of the cache.
+    pub fn back_to(&self, earlier: Instant) {
+        let mut started = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *started = Some(started.map_or(earlier, |s| s.min(earlier)));
     }
 
     /// When the fill started, if it did.
     pub fn started(&self) -> Option<Instant> {
-        self.0.get().copied()
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -65,6 +65,11 @@ impl Default for PurgeFanout {
 }
 
 impl PurgeFanout {
+    /// The HTTP client peers are reached with outside the proxy path.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Sends the purge `body` (the admin API's JSON) to every other node of `cluster` at once;
     /// their answers, within [`FANOUT_DEADLINE`]. Peers that did not acknowledge are queued
     /// for retries.

@@ -40,9 +40,10 @@ pub struct ClusterCounters {
 }
 
 /// The health of every peer, by id; unknown peers count as up.
+#[derive(Default)]
 pub struct PeerHealth {
     down: RwLock<HashMap<String, bool>>,
-    events: EventSink,
+    events: Option<EventSink>,
     /// Cluster traffic counters.
     pub counters: ClusterCounters,
 }
@@ -51,9 +52,8 @@ impl PeerHealth {
     /// Every peer up; changes announced on `events`.
     pub fn new(events: EventSink) -> PeerHealth {
         PeerHealth {
-            down: RwLock::default(),
-            events,
-            counters: ClusterCounters::default(),
+            events: Some(events),
+            ..PeerHealth::default()
         }
     }
 
@@ -81,10 +81,10 @@ impl PeerHealth {
             } else {
                 tracing::warn!(peer, "cluster peer is down: its keys go to the next node");
             }
-            self.events.emit(
-                EventKind::PeerHealth,
-                serde_json::json!({ "peer": peer, "healthy": up }),
-            );
+            if let Some(events) = &self.events {
+                let details = serde_json::json!({ "peer": peer, "healthy": up });
+                events.emit(EventKind::PeerHealth, details);
+            }
         }
     }
 }

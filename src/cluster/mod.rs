@@ -14,7 +14,8 @@ pub mod health;
 pub mod ring;
 pub mod signature;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{ClusterSettings, PeerSettings};
 use fanout::PurgeFanout;
@@ -31,14 +32,45 @@ pub const HEALTH_PATH: &str = "/.edgecache/peer/health";
 /// Applies a purge sent by a peer (the admin API's JSON body).
 pub const PURGE_PATH: &str = "/.edgecache/peer/purge";
 
-/// The parts of the cluster that outlive reloads: what is known of the peers' health and the
-/// purges still owed to them.
-#[derive(Clone)]
+/// How long after this node started, or its peer list changed, a miss on a key it owns asks
+/// the next node on the ring first: the key's owner before the change (a node added or back
+/// takes its keys from the node after it on the ring).
+pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The parts of the cluster that outlive reloads: what is known of the peers' health, the
+/// purges still owed to them, and when the peer list last changed.
+#[derive(Clone, Default)]
 pub struct ClusterParts {
     /// Which peers answer, and the cluster's counters.
     pub health: Arc<PeerHealth>,
     /// Sends purges to peers.
     pub fanout: Arc<PurgeFanout>,
+    /// The running ring's fingerprint, and until when keys are taken over.
+    takeover: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl ClusterParts {
+    /// Parts announcing peer health changes on `events`.
+    pub fn new(events: crate::events::EventSink) -> ClusterParts {
+        ClusterParts {
+            health: Arc::new(PeerHealth::new(events)),
+            ..ClusterParts::default()
+        }
+    }
+
+    /// Until when keys are taken over from their previous owners, for the ring `fingerprint`:
+    /// extended when the ring is new (at start, or the peers changed).
+    fn takeover_until(&self, fingerprint: &str) -> Instant {
+        let mut takeover = self.takeover.lock().unwrap_or_else(|e| e.into_inner());
+        match takeover.as_ref() {
+            Some((running, until)) if running == fingerprint => *until,
+            _ => {
+                let until = Instant::now() + TAKEOVER_WINDOW;
+                *takeover = Some((fingerprint.to_string(), until));
+                until
+            }
+        }
+    }
 }
 
 /// The cluster as configured now (rebuilt on reload), with the peers' health, which outlives
@@ -54,6 +86,8 @@ pub struct Cluster {
     pub health: Arc<PeerHealth>,
     /// Sends purges to peers.
     pub fanout: Arc<PurgeFanout>,
+    /// Until when a miss on an owned key asks the key's previous owner first.
+    takeover_until: Instant,
 }
 
 impl Cluster {
@@ -64,8 +98,10 @@ impl Cluster {
             .iter()
             .position(|p| p.id == settings.node)
             .unwrap_or_default();
+        let ring = Ring::new(&settings.peers);
         Cluster {
-            ring: Ring::new(&settings.peers),
+            takeover_until: parts.takeover_until(ring.fingerprint()),
+            ring,
             settings,
             me,
             health: parts.health.clone(),
@@ -102,6 +138,22 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// The node that owned `key` before this node took it over (the next node on the ring),
+    /// while this node is new to its ring: a new owner asks it before the origin, so adding or
+    /// returning a node does not send its keys to the origin.
+    pub fn previous_owner(&self, key: &[u8], tried: &[usize]) -> Option<(usize, &PeerSettings)> {
+        if Instant::now() >= self.takeover_until {
+            return None;
+        }
+        let candidates = self.ring.candidates(key);
+        if candidates.first() != Some(&self.me) {
+            return None;
+        }
+        let index = *candidates.get(1)?;
+        let peer = &self.settings.peers[index];
+        (!tried.contains(&index) && self.health.is_up(&peer.id)).then_some((index, peer))
     }
 
     /// The owner of `key` when every peer answers (for status and tests).

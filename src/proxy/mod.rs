@@ -135,7 +135,10 @@ impl ProxyHttp for EdgeProxy {
         if !ctx.route.purge && !session.is_body_empty() {
             return Ok(());
         }
-        self.cache.enable(&mut session.cache);
+        // A peer asking whether this node holds a URL must not queue behind a fill here: that
+        // fill may be waiting for the asking peer.
+        let probe = ctx.cluster.from_peer.is_some() && policy::only_if_cached(session.req_header());
+        self.cache.enable(&mut session.cache, !probe);
         ctx.cache.enabled = true;
         Ok(())
     }
@@ -245,7 +248,7 @@ impl ProxyHttp for EdgeProxy {
     /// Picks an origin of the request's site. "No origin" is an upstream error, so a stale copy
     /// can still be served.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        if let Some(owner) = peer::forward_to_owner(ctx) {
+        if let Some(owner) = peer::forward_to_owner(ctx).await {
             ctx.upstream.started = Some(Instant::now());
             ctx.cache.fill_start.start();
             ctx.upstream.addr = Some(owner._address.to_string());
@@ -335,6 +338,7 @@ impl ProxyHttp for EdgeProxy {
             site.origins.record(addr, resp.status.as_u16() < 500);
         }
         headers::strip_response_hop_by_hop(resp);
+        peer::date_relayed_fill(resp, ctx);
         // Whatever the origin spoke, the client gets an HTTP/1.1 response (framed for its own
         // version by pingora); an HTTP/1.0 status line would forbid chunked framing.
         resp.set_version(http::Version::HTTP_11);
@@ -374,6 +378,7 @@ impl ProxyHttp for EdgeProxy {
             self.refresh_failed(ctx);
         }
         decorate::decorate(session, resp, ctx, &self.cache.status_name)?;
+        peer::mark_fetched(session, resp, ctx)?;
         if let Some(target) = &ctx.route.target {
             invalidation::invalidate_after_unsafe(self.cache.storage, target, session.req_header(), resp);
         }

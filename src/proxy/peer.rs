@@ -14,9 +14,10 @@ use pingora::Result;
 
 use super::ctx::RequestCtx;
 use super::respond::respond_text;
-use crate::cache::{cache_key, MokaStorage};
-use crate::cluster::signature::{Signed, PEER_HEADER};
-use crate::cluster::{HEALTH_PATH, PEER_PATH_PREFIX, PURGE_PATH};
+use crate::cache::{cache_key, CacheTarget, MokaStorage};
+use crate::cluster::signature::{Signed, MAX_SKEW, PEER_HEADER};
+use crate::cluster::{Cluster, HEALTH_PATH, PEER_PATH_PREFIX, PURGE_PATH};
+use crate::config::PeerSettings;
 use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::purge::{self, PurgeVia};
@@ -149,14 +150,26 @@ async fn respond_json(session: &mut Session, value: &serde_json::Value) -> Resul
 
 /// The peer a cache miss goes to instead of the origin: the first node on the ring for the
 /// URL that answers, unless that is this node, or the request came from a peer (one hop at
-/// most), or it is not a cache lookup.
-pub fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
+/// most), or it is not a cache lookup. When this node is the owner since the peers last
+/// changed, the previous owner is asked first whether it still holds the URL.
+pub async fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
     let cluster = ctx.runtime.cluster.clone()?;
     if ctx.cluster.from_peer.is_some() || !ctx.cache.enabled || ctx.route.purge {
         return None;
     }
-    let key = cache_key(ctx.route.target.as_ref()?).primary_bin();
-    let (index, owner) = cluster.forward_target(&key, &ctx.cluster.tried)?;
+    let target = ctx.route.target.clone()?;
+    let key = cache_key(&target).primary_bin();
+    let (index, owner) = match cluster.forward_target(&key, &ctx.cluster.tried) {
+        Some(owner) => owner,
+        None => {
+            let (index, previous) = cluster.previous_owner(&key, &ctx.cluster.tried)?;
+            if !still_holds(&cluster, previous, &target).await {
+                ctx.cluster.tried.push(index);
+                return None;
+            }
+            (index, previous)
+        }
+    };
     let mut peer = HttpPeer::new(owner.addr, false, String::new());
     let options = &mut peer.options;
     options.connection_timeout = Some(cluster.settings.peer_connect_timeout);
@@ -166,6 +179,28 @@ pub fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
     ctx.cluster.tried.push(index);
     cluster.health.counters.forwarded.fetch_add(1, Ordering::Relaxed);
     Some(Box::new(peer))
+}
+
+/// Whether `peer` holds a fresh copy of `target` (a signed `HEAD` with `only-if-cached`).
+async fn still_holds(cluster: &Cluster, peer: &PeerSettings, target: &CacheTarget) -> bool {
+    let path = &target.path_and_query;
+    let signed = Signed {
+        method: "HEAD",
+        host: &target.authority,
+        path,
+        body: b"",
+    };
+    let probe = cluster
+        .fanout
+        .client()
+        .head(format!("http://{}{path}", peer.addr))
+        .header(http::header::HOST, &target.authority)
+        .header(http::header::CACHE_CONTROL, "only-if-cached")
+        .header(PEER_HEADER, cluster.sign(signed))
+        .timeout(cluster.settings.peer_timeout)
+        .send()
+        .await;
+    probe.is_ok_and(|answer| answer.status() == 200)
 }
 
 /// Signs a request being forwarded to its owner (after it was made fit for an origin).
@@ -235,4 +270,48 @@ pub fn cap_peer_copy(decision: RespCacheable, ctx: &RequestCtx) -> RespCacheable
 /// Whether the request is on its way to a peer rather than an origin.
 pub fn is_forwarded(ctx: &RequestCtx) -> bool {
     ctx.cluster.forwarded_to.is_some()
+}
+
+/// The header with which an owner tells a peer when it fetched the body it relays (Unix
+/// milliseconds); removed before the response is stored or served.
+pub const FETCHED_HEADER: &str = "x-edgecache-fetched";
+
+/// On a response for a peer: when its body was fetched from the origin (a stored response's
+/// creation, else the request's start).
+pub fn mark_fetched(
+    session: &Session,
+    resp: &mut pingora::http::ResponseHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    if ctx.cluster.from_peer.is_none() {
+        return Ok(());
+    }
+    let fetched = match session.cache.maybe_cache_meta() {
+        Some(meta) if ctx.cache.found => meta.created(),
+        _ => SystemTime::now() - ctx.started.elapsed(),
+    };
+    let millis = fetched
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    resp.insert_header(FETCHED_HEADER, millis.to_string())?;
+    Ok(())
+}
+
+/// On a response relayed by the owner: its fill dates from when the owner fetched it (less the
+/// clock skew allowed), so a purge made here since keeps this copy out of the cache.
+pub fn date_relayed_fill(resp: &mut pingora::http::ResponseHeader, ctx: &RequestCtx) {
+    let Some(value) = resp.remove_header(FETCHED_HEADER) else {
+        return;
+    };
+    if ctx.cluster.forwarded_to.is_none() {
+        return;
+    }
+    let Some(millis) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) else {
+        return;
+    };
+    let fetched = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    let age = SystemTime::now().duration_since(fetched).unwrap_or_default() + MAX_SKEW;
+    if let Some(at) = std::time::Instant::now().checked_sub(age) {
+        ctx.cache.fill_start.back_to(at);
+    }
 }
