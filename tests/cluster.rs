@@ -524,3 +524,44 @@ async fn a_node_added_by_reload_takes_a_quarter_of_the_keys_without_refetching_t
     cluster._nodes = nodes;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_peer_does_not_hold_a_purge_and_applies_it_when_it_wakes() {
+    let origin = Origin::start().await;
+    let (cluster, processes) = start_processes("frozen", 3, &origin, "").await;
+    let ring = ring(3, cluster.port);
+    let path = (0..)
+        .map(|i| format!("/frozen/{i}"))
+        .find(|p| owner_of(&ring, p) == 2)
+        .unwrap();
+    counted(&origin, &path);
+    for node in 0..3 {
+        assert_eq!(cluster.get(node, &path).await.1, "v1");
+    }
+    processes[2].signal("STOP");
+    let started = Instant::now();
+    let body = format!(r#"{{"url": "http://{HOST}{path}"}}"#);
+    let answer = cluster.admin(0, "POST", "/purge", Some(&body)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let peers = answer["peers"].as_array().unwrap();
+    let frozen = peers.iter().find(|p| p["node"] == "edge-3").unwrap();
+    assert_eq!(frozen["ok"], false, "{answer}");
+    assert_eq!(peers.iter().find(|p| p["node"] == "edge-2").unwrap()["ok"], true);
+    processes[2].signal("CONT");
+    common::eventually_async(
+        Duration::from_secs(10),
+        "the woken peer serves the new body",
+        || async { cluster.get(2, &path).await.1 != "v1" },
+    )
+    .await;
+    let status = cluster.admin(0, "GET", "/status", None).await;
+    assert!(
+        status["cluster"]["purges"]["failed"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    drop(processes);
+}
