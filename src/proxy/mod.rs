@@ -115,8 +115,8 @@ impl ProxyHttp for EdgeProxy {
             if peer::serve_endpoint(endpoints, session, ctx).await? {
                 return Ok(true);
             }
+            peer::accept_peer_header(session.req_header_mut(), ctx);
         }
-        peer::accept_peer_header(session.req_header_mut(), ctx);
         route::route(session, ctx).await
     }
 
