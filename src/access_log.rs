@@ -1,24 +1,31 @@
 //! The access log: one line per request, JSON or the combined format, to stdout, stderr or a
 //! file.
 //!
-//! Lines are formatted on the request path and written by a dedicated thread, so a slow disk
-//! never stalls a request; when the writer falls behind by more than [`QUEUE_LINES`], lines are
-//! dropped and counted. Each reload opens the destination again, so a rotated file is followed.
+//! A request formats its line into a buffer its thread reuses and appends it to the log's
+//! pending bytes: no allocation, no system call and no wake-up of another thread per request.
+//! A dedicated thread writes what is pending every [`WRITE_INTERVAL`] in one write, so a slow
+//! disk never stalls a request; past [`MAX_PENDING_BYTES`] waiting, lines are dropped and
+//! counted. Each reload opens the destination again, so a rotated file is followed.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::config::AccessLogFormat;
 use crate::lazy_thread::LazyThread;
 
-/// Lines waiting for the writer thread before new ones are dropped.
-pub const QUEUE_LINES: usize = 16 * 1024;
+/// How often the writer thread writes out what is pending.
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Bytes of lines waiting for the writer before new lines are dropped.
+pub const MAX_PENDING_BYTES: usize = 8 << 20;
 
 /// Lines dropped because the writer fell behind, since start.
 pub static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
@@ -26,10 +33,12 @@ pub static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// What is logged about one request.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
-    /// When the request arrived (RFC 3339).
-    pub time: String,
-    /// Client address.
-    pub client: String,
+    /// When the request arrived (RFC 3339 in the line).
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    /// Client address (`-` when unknown).
+    #[serde(serialize_with = "serialize_client")]
+    pub client: Option<IpAddr>,
     /// Request method.
     pub method: &'a str,
     /// Host the request was for.
@@ -37,7 +46,8 @@ pub struct Record<'a> {
     /// Path and query.
     pub path: &'a str,
     /// `HTTP/1.1`, `HTTP/2.0`...
-    pub protocol: String,
+    #[serde(serialize_with = "serialize_version")]
+    pub protocol: http::Version,
     /// Status sent (0: none).
     pub status: u16,
     /// Body bytes sent.
@@ -60,14 +70,14 @@ pub struct Record<'a> {
 
 /// The line of a request refused before it reached the proxy (pingora answered `400` to a
 /// malformed or oversized header, or reset an HTTP/2 stream; or the client left mid-header).
-pub fn rejected(client: Option<std::net::IpAddr>, protocol: &str) -> Record<'static> {
+pub fn rejected(client: Option<IpAddr>, protocol: http::Version) -> Record<'static> {
     Record {
-        time: rfc3339(SystemTime::now()),
-        client: client.map_or("-".into(), |ip| ip.to_string()),
+        time: SystemTime::now(),
+        client,
         method: "-",
         host: "-",
         path: "-",
-        protocol: protocol.to_string(),
+        protocol,
         status: 400,
         bytes: 0,
         referer: "",
@@ -83,9 +93,33 @@ pub fn rejected(client: Option<std::net::IpAddr>, protocol: &str) -> Record<'sta
 /// An open access log.
 pub struct AccessLog {
     format: AccessLogFormat,
-    lines: SyncSender<Entry>,
+    shared: Arc<Shared>,
     /// Started by the first line, in the process that serves (see [`LazyThread`]).
     writer: LazyThread,
+}
+
+/// What the request path and the writer thread share.
+struct Shared {
+    /// Lines waiting to be written, each ending in a newline.
+    pending: Mutex<Vec<u8>>,
+    /// The destination; locked before `pending` by whoever writes.
+    out: Mutex<Output>,
+    /// The log was replaced (a reload): the writer writes what is left and ends.
+    closed: AtomicBool,
+}
+
+/// The destination and whether writing to it failed already (reported once).
+struct Output {
+    file: BufWriter<Box<dyn Write + Send>>,
+    /// The lines being written (swapped with the pending ones, capacity kept).
+    batch: Vec<u8>,
+    name: String,
+    failed: bool,
+}
+
+thread_local! {
+    /// Each thread's line buffer, reused for every line it formats.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl AccessLog {
@@ -97,110 +131,139 @@ impl AccessLog {
             Some("stderr") => Box::new(io::stderr()),
             _ => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (lines, queue) = sync_channel(QUEUE_LINES);
-        let name = PathBuf::from(path).display().to_string();
-        let writer = LazyThread::new("edgecache-access-log", move || {
-            write_lines(queue, BufWriter::new(destination), &name)
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+            out: Mutex::new(Output {
+                file: BufWriter::with_capacity(64 * 1024, destination),
+                batch: Vec::with_capacity(64 * 1024),
+                name: PathBuf::from(path).display().to_string(),
+                failed: false,
+            }),
+            closed: AtomicBool::new(false),
         });
+        let for_writer = shared.clone();
+        let writer = LazyThread::new("edgecache-access-log", move || write_lines(&for_writer));
         Ok(AccessLog {
             format,
-            lines,
+            shared,
             writer,
         })
     }
 
-    /// Queues one line for `record`.
+    /// Appends the line of `record` to what the writer will write next.
     pub fn log(&self, record: &Record) {
         self.writer.ensure_started();
-        let line = match self.format {
-            AccessLogFormat::Json => serde_json::to_string(record).unwrap_or_default(),
-            AccessLogFormat::Combined => combined(record),
-        };
-        if self.lines.try_send(Entry::Line(line)).is_err() {
-            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Waits (at most `within`) until every line queued so far is written out: the process is
-    /// about to exit.
-    pub fn flush(&self, within: Duration) {
-        if !self.writer.is_started() {
-            return;
-        }
-        let deadline = std::time::Instant::now() + within;
-        let (done, flushed) = channel();
-        let mut marker = Entry::Flush(done);
-        loop {
-            match self.lines.try_send(marker) {
-                Ok(()) => break,
-                Err(std::sync::mpsc::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
-                    marker = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = flushed.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
-    }
-}
-
-/// What the writer thread is handed.
-enum Entry {
-    /// One formatted line.
-    Line(String),
-    /// Flush what came before, then signal.
-    Flush(Sender<()>),
-}
-
-/// The writer thread: writes lines as they come, flushing whenever the queue is empty. Ends
-/// when the log is dropped (a reload replaced it).
-fn write_lines(queue: Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, name: &str) {
-    let mut failed = false;
-    let mut write = |out: &mut BufWriter<_>, entry: Entry| {
-        let line = match entry {
-            Entry::Line(line) => line,
-            Entry::Flush(done) => {
-                let _ = out.flush();
-                let _ = done.send(());
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            let formatted = match self.format {
+                AccessLogFormat::Json => serde_json::to_writer(&mut *line, record).is_ok(),
+                AccessLogFormat::Combined => write_combined(&mut line, record).is_ok(),
+            };
+            if !formatted {
                 return;
             }
-        };
-        let result = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n"));
-        if let Err(error) = result {
-            if !failed {
-                tracing::error!(%error, file = name, "cannot write the access log");
+            line.push(b'\n');
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.len() + line.len() > MAX_PENDING_BYTES {
+                DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            failed = true;
-        }
-    };
-    while let Ok(line) = queue.recv() {
-        write(&mut out, line);
-        loop {
-            match queue.try_recv() {
-                Ok(line) => write(&mut out, line),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
-                }
-            }
-        }
-        let _ = out.flush();
+            pending.extend_from_slice(&line);
+        });
     }
-    let _ = out.flush();
+
+    /// Writes out every line logged so far: the process is about to exit. (`within` bounds
+    /// nothing the write itself does not; it is kept for callers that wait on slow disks.)
+    pub fn flush(&self, _within: Duration) {
+        self.shared.write_pending();
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Shared {
+    /// Writes and flushes whatever is pending.
+    fn write_pending(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let out = &mut *out;
+        std::mem::swap(
+            &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut out.batch,
+        );
+        if out.batch.is_empty() {
+            return;
+        }
+        let result = out.file.write_all(&out.batch).and_then(|_| out.file.flush());
+        out.batch.clear();
+        if let Err(error) = result {
+            if !out.failed {
+                tracing::error!(%error, file = %out.name, "cannot write the access log");
+            }
+            out.failed = true;
+        }
+    }
+}
+
+/// The writer thread: writes what is pending every [`WRITE_INTERVAL`]; ends once the log was
+/// replaced and everything is written.
+fn write_lines(shared: &Shared) {
+    loop {
+        std::thread::sleep(WRITE_INTERVAL);
+        let closed = shared.closed.load(Ordering::Acquire);
+        shared.write_pending();
+        if closed {
+            return;
+        }
+    }
+}
+
+fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+fn serialize_client<S: Serializer>(client: &Option<IpAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+    match client {
+        Some(ip) => serializer.collect_str(ip),
+        None => serializer.serialize_str("-"),
+    }
+}
+
+fn serialize_version<S: Serializer>(version: &http::Version, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(version_name(*version))
+}
+
+/// `HTTP/1.1` and the like.
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// `client - - [27/Nov/2026:16:28:19 +0000] "GET /p HTTP/1.1" 200 123 "referer" "agent"`,
-/// then `cache=… origin=… upstream_ms=… total_ms=…`.
-fn combined(r: &Record) -> String {
-    let upstream = r.upstream_ms.map_or("-".to_string(), |ms| format!("{ms:.3}"));
-    format!(
-        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} cache={} origin={} upstream_ms={} total_ms={:.3}",
-        r.client,
-        common_log_time(SystemTime::now()),
+/// then `host=… cache=… origin=… upstream_ms=… total_ms=…`.
+fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
+    match r.client {
+        Some(ip) => write!(out, "{ip}")?,
+        None => out.push(b'-'),
+    }
+    write!(
+        out,
+        " - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} cache={} origin={} upstream_ms=",
+        common_log_time(r.time),
         r.method,
         r.path,
-        r.protocol,
+        version_name(r.protocol),
         r.status,
         r.bytes,
         quoted(r.referer),
@@ -208,17 +271,23 @@ fn combined(r: &Record) -> String {
         r.host,
         r.cache,
         r.origin,
-        upstream,
-        r.total_ms,
-    )
+    )?;
+    match r.upstream_ms {
+        Some(ms) => write!(out, "{ms:.3}")?,
+        None => out.push(b'-'),
+    }
+    write!(out, " total_ms={:.3}", r.total_ms)
 }
 
 /// A header value safe inside double quotes (`-` when empty).
-fn quoted(value: &str) -> String {
+fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
     if value.is_empty() {
         return "-".into();
     }
-    value.replace('\\', "\\\\").replace('"', "\\\"")
+    if !value.contains(['\\', '"']) {
+        return value.into();
+    }
+    value.replace('\\', "\\\\").replace('"', "\\\"").into()
 }
 
 /// `27/Nov/2026:16:28:19 +0000` (the common log format's time, in UTC).
@@ -243,12 +312,12 @@ mod tests {
 
     fn record() -> Record<'static> {
         Record {
-            time: rfc3339(SystemTime::UNIX_EPOCH),
-            client: "10.0.0.1".into(),
+            time: SystemTime::UNIX_EPOCH,
+            client: Some(IpAddr::from([10, 0, 0, 1])),
             method: "GET",
             host: "example.com",
             path: "/a?b=1",
-            protocol: "HTTP/1.1".into(),
+            protocol: http::Version::HTTP_11,
             status: 200,
             bytes: 512,
             referer: "",
@@ -263,7 +332,9 @@ mod tests {
 
     #[test]
     fn combined_lines_follow_the_common_layout() {
-        let line = combined(&record());
+        let mut line = Vec::new();
+        write_combined(&mut line, &record()).unwrap();
+        let line = String::from_utf8(line).unwrap();
         assert!(line.starts_with("10.0.0.1 - - ["), "{line}");
         assert!(
             line.contains(

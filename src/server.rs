@@ -156,7 +156,11 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let log_runtime = runtime.clone();
     let rejected: RejectedRequests = Arc::new(move |client, protocol| {
         if let Some(log) = &log_runtime.load().access_log {
-            log.log(&crate::access_log::rejected(client, protocol));
+            let version = match protocol {
+                "HTTP/2.0" => http::Version::HTTP_2,
+                _ => http::Version::HTTP_11,
+            };
+            log.log(&crate::access_log::rejected(client, version));
         }
     });
     let log_runtime = runtime.clone();

@@ -35,15 +35,12 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
     };
     let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     log.log(&access_log::Record {
-        time: access_log::rfc3339(SystemTime::now() - total),
-        client: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or("-".into(), |a| a.ip().to_string()),
+        time: SystemTime::now() - total,
+        client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         method: req.method.as_str(),
         host: ctx.route.target.as_ref().map_or("-", |t| t.host.as_str()),
         path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        protocol: format!("{:?}", req.version),
+        protocol: req.version,
         status,
         bytes: session.body_bytes_sent(),
         referer: header(http::header::REFERER),
