@@ -85,7 +85,9 @@ fn fetch_root(target: SocketAddr) -> std::io::Result<String> {
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     };
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    // The `Host` curl sends for the URL printed, so the suggested curl hits what this stored.
+    let request = format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.lines().next().unwrap_or_default().to_string();

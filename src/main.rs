@@ -17,6 +17,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// A caching reverse proxy and edge CDN node.
 #[derive(Parser, Debug)]
 #[command(name = "edgecache", version, about)]
+#[command(mut_arg("conf", |arg| arg.hide(true)))]
+#[command(mut_arg("upgrade", |arg| arg.help("Take over the listening sockets of the running instance (zero-downtime upgrade; then send it SIGQUIT)")))]
+#[command(mut_arg("daemon", |arg| arg.help("Run in the background (set server.pid_file to find it)")))]
+#[command(mut_arg("test", |arg| arg.hide(true)))]
 struct Cli {
     /// Config file (TOML). Without it, the built-in default config runs: the proxy on
     /// 127.0.0.1:8080 in front of a demo origin.
@@ -53,6 +57,12 @@ fn check_listen_addresses_free(config: &Config) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if cli.pingora.conf.is_some() || cli.pingora.test {
+        eprintln!(
+            "edgecache: -c/--conf and -t/--test are not edgecache options: use --config FILE (and --check)"
+        );
+        return ExitCode::from(2);
+    }
     // A daemon changes its working directory: keep the config reachable for reloads.
     cli.config = cli.config.map(|path| path.canonicalize().unwrap_or(path));
     let config = match load(&cli) {

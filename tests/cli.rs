@@ -73,3 +73,14 @@ fn systemctl_reload_sends_sighup_and_keeps_the_cache() {
         "reload must not upgrade (and empty the cache)"
     );
 }
+
+#[test]
+fn pingoras_own_config_flag_is_refused_not_silently_ignored() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/edgecache.example.toml");
+    let out = edgecache(&["--check", "-c", example]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use --config FILE"), "{stderr}");
+    let help = String::from_utf8_lossy(&edgecache(&["--help"]).stdout).to_string();
+    assert!(!help.contains("--conf "), "{help}");
+}

@@ -258,3 +258,24 @@ async fn pooled_connections_closed_by_the_origin_are_retried_not_held_against_it
         assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_without_a_healthy_origin_says_so() {
+    let dead = common::closed_port();
+    let proxy = Proxy::start(&format!(
+        "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{dead}\"]\n[site.health_check]\ntype = \"tcp\"\ninterval = \"50ms\"\n"
+    ));
+    common::eventually_async(
+        Duration::from_secs(5),
+        "the 502 names the unhealthy origins",
+        || async {
+            let resp = common::client().get(proxy.url("/x")).send().await.unwrap();
+            let cache = common::cache_status(&resp);
+            let (status, body) = (resp.status().as_u16(), resp.text().await.unwrap());
+            status == 502
+                && cache.ends_with("detail=no-healthy-origin")
+                && body.starts_with("no healthy origin")
+        },
+    )
+    .await;
+}

@@ -31,11 +31,25 @@ pub fn error_status(e: &Error) -> u16 {
 pub fn error_detail(e: &Error) -> &'static str {
     use ErrorType::*;
     match e.etype() {
+        etype if *etype == NO_HEALTHY_ORIGIN => "no-healthy-origin",
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "origin-timeout",
         ConnectRefused | ConnectNoRoute | ConnectError | SocketError => "origin-unreachable",
         HTTPStatus(_) => "origin-error",
         _ if e.esource() == &ErrorSource::Upstream => "origin-error",
         _ => "proxy-error",
+    }
+}
+
+/// Every origin of the site is failing its health checks or ejected: nothing was tried.
+pub const NO_HEALTHY_ORIGIN: ErrorType = ErrorType::Custom("no healthy origin");
+
+/// The body of the error response for `e`: a short reason where one helps the operator reading
+/// it, else none.
+pub fn error_body(e: &Error) -> &'static str {
+    if *e.etype() == NO_HEALTHY_ORIGIN {
+        "no healthy origin: every origin of this site fails its health checks or is ejected\n"
+    } else {
+        ""
     }
 }
 

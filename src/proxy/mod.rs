@@ -269,7 +269,7 @@ impl ProxyHttp for EdgeProxy {
                 .upstream
                 .last_error
                 .clone()
-                .unwrap_or(ErrorType::HTTPStatus(502));
+                .unwrap_or(errors::NO_HEALTHY_ORIGIN);
             Error::explain(etype, "no usable origin").into_up()
         })?;
         ctx.upstream.started = Some(Instant::now());
@@ -475,7 +475,7 @@ impl ProxyHttp for EdgeProxy {
             let outcome = decorate::cache_outcome(session, ctx);
             ctx.cache.outcome = Some(outcome);
             let status = CacheStatus::of_failure(&self.cache.status_name, outcome, error_detail(e));
-            respond::error_with_status(session, code, status.render()).await;
+            respond::error_with_status(session, code, status.render(), errors::error_body(e)).await;
         }
         FailToProxy {
             error_code: code,

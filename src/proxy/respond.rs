@@ -17,10 +17,17 @@ pub async fn respond_text(session: &mut Session, status: u16, body: &'static str
     respond_locally(session, status, vec![content_type], body, Connection::Close).await
 }
 
-/// An empty error response carrying `Cache-Status`; a client gone already gets nothing.
-pub async fn error_with_status(session: &mut Session, code: u16, cache_status: String) {
-    let headers = vec![(CACHE_STATUS, cache_status)];
-    if let Err(error) = respond_locally(session, code, headers, "", Connection::Close).await {
+/// An error response carrying `Cache-Status` (and `body`, often empty); a client gone already
+/// gets nothing.
+pub async fn error_with_status(session: &mut Session, code: u16, cache_status: String, body: &'static str) {
+    let mut headers = vec![(CACHE_STATUS, cache_status)];
+    if !body.is_empty() {
+        headers.push((
+            http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8".to_string(),
+        ));
+    }
+    if let Err(error) = respond_locally(session, code, headers, body, Connection::Close).await {
         tracing::debug!(%error, "could not send error response");
     }
 }
