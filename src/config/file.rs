@@ -150,10 +150,11 @@ pub struct ServerSection {
     /// After the grace period, how long background work (compression on blocking threads) may
     /// take to stop.
     pub graceful_shutdown_timeout: HumanDuration,
-    /// Unix socket used to hand listeners to a new process during an upgrade.
-    pub upgrade_sock: String,
-    /// Where the pid is written when running as a daemon.
-    pub pid_file: String,
+    /// Unix socket used to hand listeners to a new process during an upgrade (default: one
+    /// per config file, see the resolve step).
+    pub upgrade_sock: Option<String>,
+    /// Where the pid is written when running as a daemon (default: one per config file).
+    pub pid_file: Option<String>,
     /// Write one access-log line per request.
     pub access_log: bool,
     /// `json` or `combined`.
@@ -204,8 +205,8 @@ impl Default for ServerSection {
             via: "edgecache".into(),
             grace_period: HumanDuration(Duration::from_secs(5)),
             graceful_shutdown_timeout: HumanDuration(Duration::from_secs(5)),
-            upgrade_sock: "/tmp/edgecache_upgrade.sock".into(),
-            pid_file: "/tmp/edgecache.pid".into(),
+            upgrade_sock: None,
+            pid_file: None,
             access_log: true,
             access_log_format: AccessLogFormat::Json,
             access_log_path: "stdout".into(),

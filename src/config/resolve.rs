@@ -89,3 +89,20 @@ pub(super) fn resolve_origin(origin: &str) -> Result<SocketAddr, String> {
 pub(super) fn environment_variable(name: &str, key: &str, at: &Locator) -> Result<String, ConfigError> {
     std::env::var(name).map_err(|_| at.error(key, format!("environment variable {name:?} is not set")))
 }
+
+/// A per-instance runtime file: `edgecache-<hash of the config path>.<suffix>` in
+/// `$XDG_RUNTIME_DIR` (or `/tmp`), so two instances on one host, started from different config
+/// files, never share a pid file or an upgrade socket, while the old and new process of an
+/// upgrade (same file) find the same socket.
+pub(super) fn instance_path(config: &Path, suffix: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(config.to_string_lossy().as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    dir.join(format!("edgecache-{hash}.{suffix}"))
+        .display()
+        .to_string()
+}

@@ -72,3 +72,15 @@ fn the_admin_token_can_come_from_the_environment() {
         "the token is never printed"
     );
 }
+
+#[test]
+fn runtime_files_default_to_one_per_config_file() {
+    let text = "[[site]]\nhosts = [\"a.test\"]\norigins = [\"127.0.0.1:9\"]\n";
+    let one = Config::parse(text, Path::new("/etc/edgecache/one.toml")).unwrap();
+    let again = Config::parse(text, Path::new("/etc/edgecache/one.toml")).unwrap();
+    let two = Config::parse(text, Path::new("/etc/edgecache/two.toml")).unwrap();
+    assert_eq!(one.server.upgrade_sock, again.server.upgrade_sock);
+    assert_ne!(one.server.upgrade_sock, two.server.upgrade_sock);
+    assert_ne!(one.server.pid_file, two.server.pid_file);
+    assert!(one.server.pid_file.ends_with(".pid"), "{}", one.server.pid_file);
+}

@@ -9,7 +9,8 @@ use super::error::{ConfigError, Locator};
 use super::file::{self, FileConfig, HealthCheckSection, OriginSpec, SiteSection};
 use super::model::*;
 use super::resolve::{
-    check_access_log, environment_variable, host_name, origin_ca_file, resolve_origin, site_certificate,
+    check_access_log, environment_variable, host_name, instance_path, origin_ca_file, resolve_origin,
+    site_certificate,
 };
 use crate::event_kind::EventKind;
 
@@ -77,8 +78,14 @@ pub(super) fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigErr
             via: server.via.clone(),
             grace_period: server.grace_period.0,
             graceful_shutdown_timeout: server.graceful_shutdown_timeout.0,
-            upgrade_sock: server.upgrade_sock.clone(),
-            pid_file: server.pid_file.clone(),
+            upgrade_sock: server
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| instance_path(at.source, "upgrade.sock")),
+            pid_file: server
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| instance_path(at.source, "pid")),
             access_log: server.access_log,
             access_log_format: server.access_log_format,
             access_log_path,
