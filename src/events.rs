@@ -52,6 +52,14 @@ const EVICTION_EVENT_INTERVAL: Duration = Duration::from_secs(10);
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-edgecache-signature";
 
+/// The Standard Webhooks headers (standardwebhooks.com): the message id (the same on every
+/// retry, for receivers to drop repeats), the attempt's time and its signature.
+pub const STANDARD_ID_HEADER: &str = "webhook-id";
+/// See [`STANDARD_ID_HEADER`].
+pub const STANDARD_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// See [`STANDARD_ID_HEADER`].
+pub const STANDARD_SIGNATURE_HEADER: &str = "webhook-signature";
+
 /// One event as sent.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -184,6 +192,8 @@ impl WebhookDispatcher {
                 client: client.clone(),
                 url: endpoint.url.to_string(),
                 signature: sign(&endpoint.secret, &body),
+                secret: endpoint.secret.clone(),
+                id: message_id(),
                 kind: event.kind,
                 body: body.clone(),
                 stats: self.stats.clone(),
@@ -304,6 +314,10 @@ struct Delivery {
     client: reqwest::Client,
     url: String,
     signature: String,
+    /// The endpoint's secret, for the Standard Webhooks signature of each attempt.
+    secret: String,
+    /// The message id, the same for every attempt.
+    id: String,
     kind: EventKind,
     body: Arc<Vec<u8>>,
     stats: Arc<WebhookStats>,
@@ -332,12 +346,21 @@ impl Delivery {
     }
 
     async fn attempt(&self) -> Result<(), String> {
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let response = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
             .header("x-edgecache-event", self.kind.name())
             .header(SIGNATURE_HEADER, &self.signature)
+            .header(STANDARD_ID_HEADER, &self.id)
+            .header(STANDARD_TIMESTAMP_HEADER, timestamp.to_string())
+            .header(
+                STANDARD_SIGNATURE_HEADER,
+                standard_signature(&self.secret, &self.id, timestamp, &self.body),
+            )
             .body(self.body.as_ref().clone())
             .send()
             .await
@@ -356,6 +379,26 @@ fn backoff(attempt: u32) -> Duration {
         .saturating_mul(1 << (attempt - 1).min(16))
         .min(MAX_BACKOFF);
     base + base.mul_f64(fastrand::f64() * 0.5)
+}
+
+/// A message id: time-ordered and unique enough (`msg_` + milliseconds + 32 random bits).
+fn message_id() -> String {
+    let millis = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("msg_{millis:x}{:08x}", fastrand::u32(..))
+}
+
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed by the secret's bytes (Standard
+/// Webhooks; its libraries take the key as `whsec_` + base64 of the secret).
+#[allow(clippy::expect_used, reason = "HMAC accepts keys of any length")]
+pub fn standard_signature(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(digest))
 }
 
 /// `sha256=<hex>` HMAC-SHA256 of `body` keyed by `secret`.

@@ -274,6 +274,22 @@ async fn webhooks_are_signed_and_retried_until_the_receiver_comes_back() {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect();
     mac.verify_slice(&expected).expect("signature verifies");
+    // The Standard Webhooks headers: an id, the attempt's time, and their signature.
+    let header = |name: &str| delivery.headers[name].to_str().unwrap().to_string();
+    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+    assert!(id.starts_with("msg_"), "{id}");
+    let sent: u64 = timestamp.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(sent) < 60, "{sent} vs {now}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&delivery.body);
+    use base64::Engine;
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(header("webhook-signature"), format!("v1,{expected}"));
 }
 
 /// `name{labels}` → value, from Prometheus text; panics on a malformed line.
