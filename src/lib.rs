@@ -32,6 +32,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_client;
 pub mod authority;
 pub mod cache;
 pub mod cluster;

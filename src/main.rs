@@ -23,9 +23,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(mut_arg("test", |arg| arg.hide(true)))]
 struct Cli {
     /// Config file (TOML). Without it, the built-in default config runs: the proxy on
-    /// 127.0.0.1:8080 in front of a demo origin.
-    #[arg(long, value_name = "FILE")]
+    /// 127.0.0.1:8080 in front of a demo origin (the admin commands read /etc/edgecache/edgecache.toml).
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+
+    /// Ask the running node instead of starting one (through the admin API of the config file).
+    #[command(subcommand)]
+    command: Option<AdminCommand>,
 
     /// Validate the config, print the first error with its file, line and key, and exit.
     #[arg(long)]
@@ -33,6 +37,93 @@ struct Cli {
 
     #[command(flatten)]
     pingora: Opt,
+}
+
+/// Commands for a running node, through its admin API.
+#[derive(clap::Subcommand, Debug)]
+enum AdminCommand {
+    /// Show the running node: cache, sites and origins, cluster.
+    Status {
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Purge stored responses (on every node of a cluster): a URL, or --prefix, --host, --tag.
+    Purge {
+        /// The URL to purge (`https://example.com/a.css`; without a scheme, http and https).
+        url: Option<String>,
+        /// Every URL starting with this (`https://example.com/static/`).
+        #[arg(long, conflicts_with = "url")]
+        prefix: Option<String>,
+        /// Every URL of this host.
+        #[arg(long, conflicts_with_all = ["url", "prefix"])]
+        host: Option<String>,
+        /// Every response tagged so (`Surrogate-Key`, `Cache-Tag`).
+        #[arg(long, conflicts_with_all = ["url", "prefix", "host"])]
+        tag: Option<String>,
+        /// Mark stale instead of deleting (the next request revalidates).
+        #[arg(long)]
+        soft: bool,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config file on the running node (like SIGHUP).
+    Reload {
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the admin commands look for the config without `--config`.
+const DEFAULT_CONFIG_PATH: &str = "/etc/edgecache/edgecache.toml";
+
+/// Runs an admin command against the node the config file describes.
+fn run_admin_command(config: Option<&std::path::Path>, command: &AdminCommand) -> ExitCode {
+    use edgecache::admin_client::{self, Command};
+    let path = config.unwrap_or(std::path::Path::new(DEFAULT_CONFIG_PATH));
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (request, json) = match command {
+        AdminCommand::Status { json } => (Command::Status, *json),
+        AdminCommand::Reload { json } => (Command::Reload, *json),
+        AdminCommand::Purge {
+            url,
+            prefix,
+            host,
+            tag,
+            soft,
+            json,
+        } => {
+            let target = [("url", url), ("prefix", prefix), ("host", host), ("tag", tag)]
+                .into_iter()
+                .find_map(|(kind, value)| value.as_ref().map(|v| (kind, v)));
+            let Some((kind, value)) = target else {
+                eprintln!("edgecache: purge what? give a URL, or --prefix, --host or --tag");
+                return ExitCode::from(2);
+            };
+            (
+                Command::Purge(serde_json::json!({ kind: value, "soft": soft })),
+                *json,
+            )
+        }
+    };
+    match admin_client::run(&config, &request, json) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("edgecache: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(cli: &Cli) -> Result<Config, edgecache::config::ConfigError> {
@@ -62,6 +153,9 @@ fn main() -> ExitCode {
             "edgecache: -c/--conf and -t/--test are not edgecache options: use --config FILE (and --check)"
         );
         return ExitCode::from(2);
+    }
+    if let Some(command) = &cli.command {
+        return run_admin_command(cli.config.as_deref(), command);
     }
     // A daemon changes its working directory: keep the config reachable for reloads.
     cli.config = cli.config.map(|path| path.canonicalize().unwrap_or(path));

@@ -761,3 +761,83 @@ async fn sigint_stops_at_once_even_while_draining() {
     assert!(in_flight.await.unwrap().is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `edgecache <args>` to completion: exit code, stdout, stderr.
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_commands_report_purge_and_reload_and_say_why_they_cannot() {
+    let origin = Origin::start().await;
+    origin.route("/page", |_, n| {
+        Reply::ok(format!("v{n}")).header("cache-control", "max-age=600")
+    });
+    let dir = temp_dir("cli-admin");
+    let listen = free_port();
+    let admin = free_port();
+    let admin_keys = format!("[admin]\nlisten = \"{admin}\"\ntoken = \"cli-token-123\"\n");
+    let config = config_with(&dir, listen, origin.addr, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[[site]]", &format!("{admin_keys}[[site]]"));
+    std::fs::write(&config, &text).unwrap();
+    let _proxy = Running::start(&config, &[]);
+    wait_until_listening(listen);
+    wait_until_listening(admin);
+    let config_arg = config.to_str().unwrap();
+    reqwest::get(format!("http://{listen}/page")).await.unwrap();
+
+    let (code, out, err) = run_cli(&["status", "--config", config_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cache: 1 entries"), "{out}");
+    let (code, out, _) = run_cli(&["status", "--json", "--config", config_arg]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["cache"]["entries"],
+        1
+    );
+    let (code, out, err) = run_cli(&["purge", "http://127.0.0.1/page", "--config", config_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged: 1 entries deleted"), "{out}");
+    let body = reqwest::get(format!("http://{listen}/page"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "v2", "the purge took effect");
+    let (code, out, err) = run_cli(&["reload", "--config", config_arg]);
+    assert_eq!((code, out.trim()), (0, "config reloaded: version 2"), "{err}");
+
+    let wrong = dir.join("wrong-token.toml");
+    std::fs::write(&wrong, text.replace("cli-token-123", "not-the-token")).unwrap();
+    let (code, _, err) = run_cli(&["status", "--config", wrong.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused the token"), "{err}");
+    let without = dir.join("no-admin.toml");
+    std::fs::write(&without, text.replace(&admin_keys, "")).unwrap();
+    let (code, _, err) = run_cli(&["reload", "--config", without.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no [admin] section"), "{err}");
+    let unreachable = dir.join("unreachable.toml");
+    let closed = common::closed_port();
+    std::fs::write(
+        &unreachable,
+        text.replace(&admin.to_string(), &closed.to_string()),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["status", "--config", unreachable.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
