@@ -22,9 +22,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Cache outcome labels, in the order [`SiteMetrics`] keeps their counters.
-const CACHE_LABELS: [&str; 9] = [
+const CACHE_LABELS: [&str; 10] = [
     "hit",
     "miss",
+    "pass",
     "revalidate",
     "stale-while-revalidate",
     "stale-if-error",

@@ -324,6 +324,15 @@ async fn metrics_parse_as_prometheus_text_and_move() {
     let miss = r#"edgecache_requests_total{cache="miss",site="127.0.0.1",status="2xx"}"#;
     assert_eq!(after.get(hit), Some(&2.0), "{after:#?}");
     assert_eq!(after.get(miss), Some(&1.0));
+    origin.fixed("/never", "no-store", "uncacheable");
+    get(&node.proxy, "127.0.0.1", "/never").await;
+    let pass = r#"edgecache_requests_total{cache="pass",site="127.0.0.1",status="2xx"}"#;
+    let later = scrape().await;
+    assert_eq!(
+        later.get(pass),
+        Some(&1.0),
+        "an uncacheable response is a pass, not a miss"
+    );
     assert_eq!(before.get(hit), None);
     assert_eq!(after["edgecache_cache_entries"], 1.0);
     assert!(after["edgecache_cache_bytes"] > 0.0);

@@ -16,7 +16,7 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
     let req = session.req_header();
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let outcome = ctx.cache.outcome;
-    let cache = outcome.map_or("-", CacheOutcome::label);
+    let cache = log_label(outcome, ctx);
     let total = ctx.started.elapsed();
     let site_metrics = ctx.site().map(|s| &s.metrics);
     let sample = RequestSample {
@@ -51,4 +51,15 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
         total_ms: total.as_secs_f64() * 1000.0,
         error: error.map(|e| e.to_string()),
     });
+}
+
+/// The cache label of a request in metrics and the access log: the outcome's, except that a
+/// response fetched for a lookup and not stored (uncacheable) is a `pass`, as most caches say,
+/// not a `miss`.
+fn log_label(outcome: Option<CacheOutcome>, ctx: &RequestCtx) -> &'static str {
+    match outcome {
+        Some(CacheOutcome::UriMiss | CacheOutcome::VaryMiss) if !ctx.cache.storable => "pass",
+        Some(outcome) => outcome.label(),
+        None => "-",
+    }
 }
