@@ -185,7 +185,7 @@ impl AdminApi {
         let Some(cluster) = self.runtime.load().cluster.clone() else {
             return json_response(StatusCode::OK, json!({ "purged": purged, "soft": purge.soft }));
         };
-        let peers = cluster.fanout.send(&cluster, purge.request_body()).await;
+        let peers = cluster.purge_peers(purge.request_body()).await;
         let answer = json!({ "purged": purged, "soft": purge.soft, "node": cluster.node(), "peers": peers });
         json_response(StatusCode::OK, answer)
     }

@@ -26,6 +26,9 @@
 //! ([`upstream::HealthCheckRunner`]) and the [`stop`] watcher run as background services next
 //! to the proxy; [`server`] assembles them all.
 //!
+//! In a cluster ([`cluster`]), a miss goes first to the URL's owner among the peers
+//! ([`proxy::peer`]), and purges reach every node.
+//!
 //! Imports point down: leaf modules ([`authority`], [`field_list`], [`event_kind`],
 //! [`status`]) import nothing of the crate; [`config`], [`cache`] and [`compression`] never
 //! import from [`proxy`], [`runtime`] or the services.

@@ -17,8 +17,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApi;
 use crate::cache::CacheEngine;
-use crate::cluster::fanout::PurgeRetries;
-use crate::cluster::health::PeerChecker;
+use crate::cluster::services::{PeerChecker, PurgeRetries};
 use crate::cluster::ClusterParts;
 use crate::config::Config;
 use crate::demo;

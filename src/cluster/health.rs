@@ -5,15 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-
-use super::signature::Signed;
-use super::{Cluster, HEALTH_PATH};
 use crate::event_kind::EventKind;
 use crate::events::EventSink;
 
@@ -84,62 +78,6 @@ impl PeerHealth {
             if let Some(events) = &self.events {
                 let details = serde_json::json!({ "peer": peer, "healthy": up });
                 events.emit(EventKind::PeerHealth, details);
-            }
-        }
-    }
-}
-
-/// Checks every peer of the running cluster, every [`CHECK_INTERVAL`].
-pub struct PeerChecker {
-    cluster: Box<dyn Fn() -> Option<Arc<Cluster>> + Send + Sync>,
-}
-
-impl PeerChecker {
-    /// Checks the peers of whatever cluster `cluster` returns at each round.
-    pub fn new(cluster: impl Fn() -> Option<Arc<Cluster>> + Send + Sync + 'static) -> PeerChecker {
-        PeerChecker {
-            cluster: Box::new(cluster),
-        }
-    }
-
-    async fn check_all(client: &reqwest::Client, cluster: &Cluster) {
-        let checks = cluster.others().map(|peer| async move {
-            let host = peer.addr.to_string();
-            let signed = Signed {
-                method: "GET",
-                host: &host,
-                path: HEALTH_PATH,
-                body: b"",
-            };
-            let answer = client
-                .get(format!("http://{host}{HEALTH_PATH}"))
-                .header(super::signature::PEER_HEADER, cluster.sign(signed))
-                .timeout(cluster.settings.peer_connect_timeout + CHECK_INTERVAL)
-                .send()
-                .await;
-            let up = answer.is_ok_and(|a| a.status().is_success());
-            cluster.health.set(&peer.id, up);
-        });
-        futures_util::future::join_all(checks).await;
-    }
-}
-
-#[async_trait]
-impl BackgroundService for PeerChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
-            tracing::error!("cannot create the peer health-check client");
-            return;
-        };
-        let mut tick = tokio::time::interval(CHECK_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Some(cluster) = (self.cluster)() {
-                        PeerChecker::check_all(&client, &cluster).await;
-                    }
-                }
-                _ = shutdown.changed() => return,
             }
         }
     }

@@ -21,7 +21,7 @@ pub mod retry;
 pub mod route;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,7 +38,7 @@ use crate::cache::policy;
 use crate::cache::{cache_key, codings, invalidation, vary, CacheEngine};
 use crate::events::EventSink;
 use crate::metrics::Metrics;
-use crate::purge::{self, PurgeReport, PurgeVia};
+use crate::purge::{PurgeReport, PurgeVia};
 use crate::runtime::SharedRuntime;
 use cache_status::{CacheOutcome, CacheStatus};
 use ctx::RequestCtx;
@@ -106,40 +106,23 @@ impl ProxyHttp for EdgeProxy {
     /// Answers the cluster's peer endpoints; trusts a peer's signed request; routes the request
     /// to a site, or answers 400/404.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if ctx.runtime.cluster.is_some() {
-            let endpoints = peer::PeerEndpoints {
-                storage: self.cache.storage,
-                metrics: &self.metrics,
-                events: &self.events,
-            };
-            if peer::serve_endpoint(endpoints, session, ctx).await? {
-                return Ok(true);
-            }
-            peer::accept_peer_header(session.req_header_mut(), ctx);
+        let endpoints = peer::PeerEndpoints {
+            storage: self.cache.storage,
+            metrics: &self.metrics,
+            events: &self.events,
+        };
+        if peer::before_routing(endpoints, session, ctx).await? {
+            return Ok(true);
         }
         route::route(session, ctx).await
     }
 
     /// Enables the cache for safe requests to caching sites.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let cacheable_method = matches!(
-            session.req_header().method,
-            http::Method::GET | http::Method::HEAD
-        ) || ctx.route.purge;
-        let site_caches = ctx.site().is_some_and(|s| s.settings.cache);
-        if !cacheable_method || !site_caches || ctx.route.target.is_none() {
-            return Ok(());
+        if let Some(wait_for_fills) = route::cache_use(session, ctx) {
+            self.cache.enable(&mut session.cache, wait_for_fills);
+            ctx.cache.enabled = true;
         }
-        // A GET or HEAD with a body ("fat GET") is forwarded with it; the response may depend
-        // on the body, which the key does not hold, so it is neither looked up nor stored.
-        if !ctx.route.purge && !session.is_body_empty() {
-            return Ok(());
-        }
-        // A peer asking whether this node holds a URL must not queue behind a fill here: that
-        // fill may be waiting for the asking peer.
-        let probe = ctx.cluster.from_peer.is_some() && policy::only_if_cached(session.req_header());
-        self.cache.enable(&mut session.cache, !probe);
-        ctx.cache.enabled = true;
         Ok(())
     }
 
@@ -168,10 +151,7 @@ impl ProxyHttp for EdgeProxy {
             via: PurgeVia::PurgeMethod,
         };
         report.send(&self.metrics, &self.events);
-        if let Some(cluster) = ctx.runtime.cluster.clone() {
-            let body = purge::request_body("url", &target, false);
-            tokio::spawn(async move { cluster.fanout.send(&cluster, body).await });
-        }
+        peer::fan_out_url_purge(ctx, &target);
         Ok(())
     }
 
@@ -248,36 +228,10 @@ impl ProxyHttp for EdgeProxy {
     /// Picks an origin of the request's site. "No origin" is an upstream error, so a stale copy
     /// can still be served.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        if let Some(owner) = peer::forward_to_owner(ctx).await {
-            ctx.upstream.started = Some(Instant::now());
-            ctx.cache.fill_start.start();
-            ctx.upstream.addr = Some(owner._address.to_string());
-            return Ok(owner);
+        match peer::forward_to_owner(ctx).await {
+            Some(owner) => Ok(owner),
+            None => retry::next_origin(ctx),
         }
-        let site = ctx
-            .site()
-            .or_err(ErrorType::InternalError, "request has no site")?;
-        let key = ctx
-            .route
-            .target
-            .as_ref()
-            .map_or(&[][..], |t| t.path_and_query.as_bytes());
-        let peer = site.origins.select(key, &ctx.upstream.tried).ok_or_else(|| {
-            // An upstream error, so a stale copy can still be served; after a failed attempt,
-            // the failure that made us look for another origin is what the client hears about.
-            let etype = ctx
-                .upstream
-                .last_error
-                .clone()
-                .unwrap_or(errors::NO_HEALTHY_ORIGIN);
-            Error::explain(etype, "no usable origin").into_up()
-        })?;
-        ctx.upstream.started = Some(Instant::now());
-        ctx.cache.fill_start.start();
-        let addr = peer._address.to_string();
-        ctx.upstream.tried.push(addr.clone());
-        ctx.upstream.addr = Some(addr);
-        Ok(peer)
     }
 
     /// Strips hop-by-hop headers and adds `Via` and `X-Forwarded-*`; sends origin-form URIs
@@ -410,9 +364,7 @@ impl ProxyHttp for EdgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let idempotent = session.req_header().method.is_idempotent();
-        if !errors::is_client_fault(&e) && peer::forward_failed(ctx) {
-            // The owner is down: the next node on the ring, or the origin, serves it.
-            e.set_retry(idempotent);
+        if peer::after_connect_failure(&mut e, idempotent, ctx) {
             return e;
         }
         retry::after_connect_failure(&mut e, &peer._address.to_string(), idempotent, ctx);
@@ -434,17 +386,7 @@ impl ProxyHttp for EdgeProxy {
         let mut e = e.more_context(format!("origin {peer}"));
         let idempotent =
             session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
-        if peer::is_forwarded(ctx) && !errors::is_client_fault(&e) {
-            let no_response_yet = ctx.upstream.status.is_none();
-            if upstream_reused && no_response_yet {
-                // A pooled connection the peer had closed: the same peer, on a new connection.
-                ctx.cluster.tried.pop();
-                ctx.cluster.forwarded_to = None;
-                e.retry.decide_reuse(true);
-                return e;
-            }
-            peer::forward_failed(ctx);
-            e.set_retry(idempotent && no_response_yet);
+        if peer::after_proxy_failure(&mut e, idempotent, upstream_reused, ctx) {
             return e;
         }
         let failure = retry::ProxyFailure {

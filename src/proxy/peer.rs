@@ -25,6 +25,66 @@ use crate::purge::{self, PurgeVia};
 /// Largest purge body a peer may send.
 const MAX_PEER_BODY: usize = 64 * 1024;
 
+/// In a cluster, before routing: answers a peer endpoint (`true`: the request is done), and
+/// trusts or drops a peer header.
+pub async fn before_routing(
+    endpoints: PeerEndpoints<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    if ctx.runtime.cluster.is_none() {
+        return Ok(false);
+    }
+    if serve_endpoint(endpoints, session, ctx).await? {
+        return Ok(true);
+    }
+    accept_peer_header(session.req_header_mut(), ctx);
+    Ok(false)
+}
+
+/// Sends a `PURGE` of `url` done here to every peer, in the background.
+pub fn fan_out_url_purge(ctx: &RequestCtx, url: &str) {
+    let Some(cluster) = ctx.runtime.cluster.clone() else {
+        return;
+    };
+    let body = crate::purge::request_body("url", url, false);
+    tokio::spawn(async move { cluster.purge_peers(body).await });
+}
+
+/// A connection to the owner failed: it is out, and the next node on the ring or the origin
+/// serves the request (`true`: the error was the peer's, and is decided).
+pub fn after_connect_failure(e: &mut pingora::Error, idempotent: bool, ctx: &mut RequestCtx) -> bool {
+    if super::errors::is_client_fault(e) || !forward_failed(ctx) {
+        return false;
+    }
+    e.set_retry(idempotent);
+    true
+}
+
+/// The owner failed after the connection was made. A pooled connection it had closed is tried
+/// again on a new connection; else the owner is out and the request moves on, while nothing of
+/// the response was sent (`true`: the error was the peer's, and is decided).
+pub fn after_proxy_failure(
+    e: &mut pingora::Error,
+    idempotent: bool,
+    upstream_reused: bool,
+    ctx: &mut RequestCtx,
+) -> bool {
+    if !is_forwarded(ctx) || super::errors::is_client_fault(e) {
+        return false;
+    }
+    let no_response_yet = ctx.upstream.status.is_none();
+    if upstream_reused && no_response_yet {
+        ctx.cluster.tried.pop();
+        ctx.cluster.forwarded_to = None;
+        e.retry.decide_reuse(true);
+        return true;
+    }
+    forward_failed(ctx);
+    e.set_retry(idempotent && no_response_yet);
+    true
+}
+
 /// Removes the peer header from the request and, when its signature holds, notes which peer
 /// sent the request: it is served here and never forwarded again. A header that does not
 /// verify (a client's) is dropped, and the request is a client's like any other.
@@ -177,6 +237,9 @@ pub async fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
     options.read_timeout = Some(cluster.settings.peer_timeout);
     ctx.cluster.forwarded_to = Some(index);
     ctx.cluster.tried.push(index);
+    ctx.upstream.started = Some(std::time::Instant::now());
+    ctx.upstream.addr = Some(owner.addr.to_string());
+    ctx.cache.fill_start.start();
     cluster.health.counters.forwarded.fetch_add(1, Ordering::Relaxed);
     Some(Box::new(peer))
 }

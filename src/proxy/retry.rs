@@ -1,10 +1,37 @@
 //! After an origin failure: whether it counts against the origin, and whether the request is
 //! tried again (on another origin, or on a fresh connection to the same one).
 
-use pingora::{Error, ErrorType};
+use std::time::Instant;
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, OkOrErr, Result};
 
 use super::ctx::RequestCtx;
-use super::errors::is_client_fault;
+use super::errors::{is_client_fault, NO_HEALTHY_ORIGIN};
+
+/// The origin of the request's site to try next (not one tried already). "No origin" is an
+/// upstream error, so a stale copy can still be served; after a failed attempt, the failure
+/// that made the request look for another origin is what the client hears about.
+pub fn next_origin(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let site = ctx
+        .site()
+        .or_err(ErrorType::InternalError, "request has no site")?;
+    let key = ctx
+        .route
+        .target
+        .as_ref()
+        .map_or(&[][..], |t| t.path_and_query.as_bytes());
+    let peer = site.origins.select(key, &ctx.upstream.tried).ok_or_else(|| {
+        let etype = ctx.upstream.last_error.clone().unwrap_or(NO_HEALTHY_ORIGIN);
+        Error::explain(etype, "no usable origin").into_up()
+    })?;
+    ctx.upstream.started = Some(Instant::now());
+    ctx.cache.fill_start.start();
+    let addr = peer._address.to_string();
+    ctx.upstream.tried.push(addr.clone());
+    ctx.upstream.addr = Some(addr);
+    Ok(peer)
+}
 
 /// A failure after the connection to an origin was made.
 pub struct ProxyFailure<'a> {

@@ -82,3 +82,26 @@ async fn authorise_purge(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     ctx.route.purge = true;
     Ok(false)
 }
+
+/// Whether the request uses the cache: `None` when it does not (a method other than GET and
+/// HEAD, a site that does not cache, no target, a GET or HEAD carrying a body), else whether it
+/// waits for a fill of the same URL already under way.
+pub fn cache_use(session: &mut Session, ctx: &RequestCtx) -> Option<bool> {
+    let cacheable_method = matches!(
+        session.req_header().method,
+        http::Method::GET | http::Method::HEAD
+    ) || ctx.route.purge;
+    let site_caches = ctx.site().is_some_and(|s| s.settings.cache);
+    if !cacheable_method || !site_caches || ctx.route.target.is_none() {
+        return None;
+    }
+    // A GET or HEAD with a body ("fat GET") is forwarded with it; the response may depend on
+    // the body, which the key does not hold, so it is neither looked up nor stored.
+    if !ctx.route.purge && !session.is_body_empty() {
+        return None;
+    }
+    // A peer asking whether this node holds a URL must not queue behind a fill here: that fill
+    // may be waiting for the asking peer.
+    let probe = ctx.cluster.from_peer.is_some() && crate::cache::policy::only_if_cached(session.req_header());
+    Some(!probe)
+}
