@@ -73,23 +73,30 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// In-process nodes `which` of a cluster of `count` nodes on `port`.
+    fn of(
+        which: std::ops::Range<usize>,
+        count: usize,
+        port: u16,
+        admin_port: u16,
+        origin: &Origin,
+    ) -> Cluster {
+        let config = |i| node_config(i, count, port, admin_port, origin.addr);
+        let nodes = which
+            .map(|i| Proxy::start_config(&config(i), node_addr(i, port)))
+            .collect();
+        Cluster {
+            _nodes: nodes,
+            port,
+            admin_port,
+        }
+    }
+
     /// Starts `count` nodes and returns once each sees every other as healthy.
     async fn start(count: usize, origin: &Origin) -> Cluster {
         let port = cluster_port(count as u8);
         let admin_port = cluster_port(count as u8);
-        let nodes = (0..count)
-            .map(|i| {
-                Proxy::start_config(
-                    &node_config(i, count, port, admin_port, origin.addr),
-                    node_addr(i, port),
-                )
-            })
-            .collect();
-        let cluster = Cluster {
-            _nodes: nodes,
-            port,
-            admin_port,
-        };
+        let cluster = Cluster::of(0..count, count, port, admin_port, origin);
         for node in 0..count {
             cluster.all_peers_healthy(node).await;
         }
@@ -299,19 +306,7 @@ async fn a_hung_peer_does_not_hold_a_purge() {
     let admin_port = cluster_port(3);
     // Node 3 accepts connections and never answers.
     let hung = StdListener::bind(node_addr(2, port)).unwrap();
-    let nodes: Vec<Proxy> = (0..2)
-        .map(|i| {
-            Proxy::start_config(
-                &node_config(i, 3, port, admin_port, origin.addr),
-                node_addr(i, port),
-            )
-        })
-        .collect();
-    let cluster = Cluster {
-        _nodes: nodes,
-        port,
-        admin_port,
-    };
+    let cluster = Cluster::of(0..2, 3, port, admin_port, &origin);
     let started = Instant::now();
     let answer = cluster
         .admin(0, "POST", "/purge", Some(r#"{"host": "site.test"}"#))

@@ -276,17 +276,36 @@ fn check_site_bounds(site: &SiteSection, index: usize, at: &Locator) -> Result<(
     Ok(())
 }
 
+/// A secret given in the file (`key`) or by an environment variable (`key_env`), exactly one of
+/// them, for the `(section, key, what needs it)` named.
+fn secret_value(
+    value: &Option<String>,
+    env: &Option<String>,
+    (section, key, user): (&str, &str, &str),
+    at: &Locator,
+) -> Result<String, ConfigError> {
+    match (value, env) {
+        (Some(value), None) => Ok(value.clone()),
+        (None, Some(name)) => environment_variable(name, &format!("{section}.{key}_env"), at),
+        (Some(_), Some(_)) => Err(at.error(
+            &format!("{section}.{key}"),
+            format!("set {key} or {key}_env, not both"),
+        )),
+        (None, None) => Err(at.error(section, format!("{user} needs {key} or {key}_env"))),
+    }
+}
+
 fn freeze_admin(
     section: Option<&file::AdminSection>,
     at: &Locator,
 ) -> Result<Option<AdminSettings>, ConfigError> {
     let Some(section) = section else { return Ok(None) };
-    let token = match (&section.token, &section.token_env) {
-        (Some(token), None) => token.clone(),
-        (None, Some(name)) => environment_variable(name, "admin.token_env", at)?,
-        (Some(_), Some(_)) => return Err(at.error("admin.token", "set token or token_env, not both")),
-        (None, None) => return Err(at.error("admin", "the admin API needs token or token_env")),
-    };
+    let token = secret_value(
+        &section.token,
+        &section.token_env,
+        ("admin", "token", "the admin API"),
+        at,
+    )?;
     if token.len() < 8 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(at.error(
             if section.token.is_some() {
@@ -576,12 +595,12 @@ fn freeze_cluster(
     at: &Locator,
 ) -> Result<Option<ClusterSettings>, ConfigError> {
     let Some(section) = section else { return Ok(None) };
-    let secret = match (&section.secret, &section.secret_env) {
-        (Some(secret), None) => secret.clone(),
-        (None, Some(name)) => environment_variable(name, "cluster.secret_env", at)?,
-        (Some(_), Some(_)) => return Err(at.error("cluster.secret", "set secret or secret_env, not both")),
-        (None, None) => return Err(at.error("cluster", "the cluster needs secret or secret_env")),
-    };
+    let secret = secret_value(
+        &section.secret,
+        &section.secret_env,
+        ("cluster", "secret", "the cluster"),
+        at,
+    )?;
     if secret.len() < MIN_CLUSTER_SECRET {
         let key = if section.secret.is_some() {
             "cluster.secret"
