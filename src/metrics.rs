@@ -159,7 +159,7 @@ pub struct Metrics {
     hits: AtomicU64,
     lookups: AtomicU64,
     /// Requests that matched no site.
-    unrouted: SiteMetrics,
+    unrouted: std::sync::OnceLock<SiteMetrics>,
 }
 
 impl Metrics {
@@ -289,14 +289,8 @@ impl Metrics {
             registry,
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
-            unrouted: SiteMetrics::placeholder(),
+            unrouted: std::sync::OnceLock::new(),
         }
-        .with_unrouted()
-    }
-
-    fn with_unrouted(mut self) -> Metrics {
-        self.unrouted = self.site("-");
-        self
     }
 
     /// The handles of site `name` (its first host).
@@ -313,7 +307,8 @@ impl Metrics {
 
     /// Counts one finished request of `site` (`None`: it matched no site).
     pub fn observe(&self, site: Option<&SiteMetrics>, sample: &RequestSample) {
-        let site = site.unwrap_or(&self.unrouted);
+        // Series for requests that matched no site appear with the first such request.
+        let site = site.unwrap_or_else(|| self.unrouted.get_or_init(|| self.site("-")));
         site.requests(sample.cache, sample.status).inc();
         site.bytes.inc_by(sample.bytes as u64);
         site.request_seconds.observe(sample.total_seconds);
@@ -444,28 +439,5 @@ fn status_class(status: u16) -> usize {
     match status {
         100..=599 => usize::from(status / 100 - 1),
         _ => STATUS_LABELS.len() - 1,
-    }
-}
-
-impl SiteMetrics {
-    /// Handles registered nowhere, replaced before use.
-    #[allow(
-        clippy::expect_used,
-        reason = "metric names, help texts and labels are constants: a failure is a bug every test hits"
-    )]
-    fn placeholder() -> SiteMetrics {
-        let opts = || HistogramOpts::new("placeholder", "placeholder");
-        SiteMetrics {
-            name: String::new(),
-            bytes: IntCounter::new("placeholder", "placeholder").expect("valid metric"),
-            request_seconds: Histogram::with_opts(opts()).expect("valid metric"),
-            origin_seconds: Histogram::with_opts(opts()).expect("valid metric"),
-            requests: IntCounterVec::new(
-                Opts::new("placeholder", "placeholder"),
-                &["site", "cache", "status"],
-            )
-            .expect("valid metric"),
-            by_outcome: Default::default(),
-        }
     }
 }

@@ -316,6 +316,11 @@ async fn metrics_parse_as_prometheus_text_and_move() {
         parse_metrics(&text)
     };
     let before = scrape().await;
+    let unrouted: Vec<&String> = before.keys().filter(|k| k.contains(r#"site="-""#)).collect();
+    assert!(
+        unrouted.is_empty(),
+        "series for unrouted requests before any: {unrouted:?}"
+    );
     for _ in 0..3 {
         get(&node.proxy, "127.0.0.1", "/m").await;
     }
