@@ -28,7 +28,9 @@ pub fn suppressed_client_errors() -> u64 {
 /// terminal: journald and log files get plain text.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_cache::meta=error"));
+        // Origin health changes are logged by the health checker with the site's name; pingora's
+        // own line for each (`... becomes unhealthy`) would say it twice.
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_cache::meta=error,pingora_load_balancing=error"));
     let json = std::env::var("EDGECACHE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let format = tracing_subscriber::fmt::layer()
         .with_target(true)
