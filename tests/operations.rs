@@ -683,3 +683,31 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(resp.status(), 200, "{scheme:?}");
     }
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_documented_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/config/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("edgecache_"));
+            for name in names {
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+                assert!(
+                    readme.contains(&format!("`{base}`")),
+                    "{name} in {:?} is not a documented metric",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
