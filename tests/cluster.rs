@@ -566,3 +566,55 @@ async fn a_frozen_peer_does_not_hold_a_purge_and_applies_it_when_it_wakes() {
     );
     drop(processes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_peer_leaves_the_ring_within_two_seconds_and_it_is_announced() {
+    let origin = Origin::start().await;
+    let receiver = Origin::start().await;
+    receiver.route("/hook", |_, _| Reply::new(204, ""));
+    let port = cluster_port(3);
+    let admin_port = cluster_port(3);
+    let webhook = format!(
+        "[[webhook]]\nurl = \"http://{}/hook\"\nevents = [\"peer_health\"]\nsecret = \"0123456789abcdef\"\n",
+        receiver.addr
+    );
+    let mut nodes: Vec<Proxy> = (0..3)
+        .map(|i| {
+            let text = node_config(i, 3, port, admin_port, origin.addr) + &webhook;
+            Proxy::start_config(&text, node_addr(i, port))
+        })
+        .collect();
+    let cluster = Cluster {
+        _nodes: Vec::new(),
+        port,
+        admin_port,
+    };
+    cluster.all_peers_healthy(0).await;
+    let stopped = Instant::now();
+    drop(nodes.pop());
+    common::eventually_async(
+        Duration::from_secs(5),
+        "node 1 sees edge-3 out of the ring",
+        || async {
+            let status = cluster.admin(0, "GET", "/status", None).await;
+            let peers = status["cluster"]["peers"].as_array().cloned().unwrap_or_default();
+            peers.iter().any(|p| p["id"] == "edge-3" && p["healthy"] == false)
+        },
+    )
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        stopped.elapsed()
+    );
+    common::eventually(Duration::from_secs(5), "a peer_health event is delivered", || {
+        receiver.seen("/hook").iter().any(|d| {
+            let event: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+            event["type"] == "peer_health"
+                && event["details"]["peer"] == "edge-3"
+                && event["details"]["healthy"] == false
+        })
+    })
+    .await;
+    drop(nodes);
+}
