@@ -175,9 +175,8 @@ impl AccessLog {
         });
     }
 
-    /// Writes out every line logged so far: the process is about to exit. (`within` bounds
-    /// nothing the write itself does not; it is kept for callers that wait on slow disks.)
-    pub fn flush(&self, _within: Duration) {
+    /// Writes out every line logged so far: the process is about to exit.
+    pub fn flush(&self) {
         self.shared.write_pending();
     }
 }

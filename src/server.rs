@@ -163,9 +163,9 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
         }
     });
     let log_runtime = runtime.clone();
-    let flush_access_log = Arc::new(move |within| {
+    let flush_access_log = Arc::new(move || {
         if let Some(log) = &log_runtime.load().access_log {
-            log.flush(within);
+            log.flush();
         }
     });
     let stopper = Stopper::new(

@@ -32,9 +32,6 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How long the `node_stopping` delivery may hold the exit (it gives up after 2 s itself).
 const WEBHOOKS_WAIT: Duration = Duration::from_secs(3);
 
-/// How long the access log may take to write its last lines.
-const LOG_FLUSH_WAIT: Duration = Duration::from_secs(2);
-
 /// The client work in progress, as the connection layer counts it.
 pub trait ClientWork: Send + Sync {
     /// Client connections open, idle ones included.
@@ -48,7 +45,7 @@ pub struct Stopper {
     grace_period: Duration,
     clients: Arc<dyn ClientWork>,
     webhooks_finished: watch::Receiver<bool>,
-    flush_access_log: Arc<dyn Fn(Duration) + Send + Sync>,
+    flush_access_log: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Stopper {
@@ -59,7 +56,7 @@ impl Stopper {
         grace_period: Duration,
         clients: Arc<dyn ClientWork>,
         webhooks_finished: watch::Receiver<bool>,
-        flush_access_log: Arc<dyn Fn(Duration) + Send + Sync>,
+        flush_access_log: Arc<dyn Fn() + Send + Sync>,
     ) -> Stopper {
         Stopper {
             grace_period,
@@ -92,7 +89,7 @@ impl Stopper {
             let _ = tokio::time::timeout(WEBHOOKS_WAIT, done).await;
         }
         let flush = self.flush_access_log.clone();
-        let _ = tokio::task::spawn_blocking(move || flush(LOG_FLUSH_WAIT)).await;
+        let _ = tokio::task::spawn_blocking(move || flush()).await;
         std::process::exit(0)
     }
 }

@@ -134,12 +134,6 @@ impl Cluster {
         (!tried.contains(&index) && self.health.is_up(&peer.id)).then_some((index, peer))
     }
 
-    /// The owner of `key` when every peer answers (for status and tests).
-    pub fn owner(&self, key: &[u8]) -> Option<&PeerSettings> {
-        let first = *self.ring.candidates(key).first()?;
-        self.settings.peers.get(first)
-    }
-
     /// Sends the purge `body` (the admin API's JSON) to every other node at once; their
     /// answers within the fan-out deadline. Peers that did not acknowledge are retried.
     pub async fn purge_peers(&self, body: Vec<u8>) -> Vec<PeerPurge> {

@@ -53,16 +53,12 @@ impl PeerChecker {
 #[async_trait]
 impl BackgroundService for PeerChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
-            tracing::error!("cannot create the peer health-check client");
-            return;
-        };
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Some(cluster) = (self.cluster)() {
-                        PeerChecker::check_all(&client, &cluster).await;
+                        PeerChecker::check_all(cluster.fanout.client(), &cluster).await;
                     }
                 }
                 _ = shutdown.changed() => return,

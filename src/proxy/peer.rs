@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::{CacheMeta, RespCacheable};
 use pingora::http::RequestHeader;
@@ -13,7 +12,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::Result;
 
 use super::ctx::RequestCtx;
-use super::respond::respond_text;
+use super::respond::{self, respond_text};
 use crate::cache::{cache_key, CacheTarget, MokaStorage};
 use crate::cluster::signature::{Signed, MAX_SKEW, PEER_HEADER};
 use crate::cluster::{Cluster, HEALTH_PATH, PEER_PATH_PREFIX, PURGE_PATH};
@@ -199,13 +198,15 @@ async fn read_body(session: &mut Session) -> Vec<u8> {
 }
 
 async fn respond_json(session: &mut Session, value: &serde_json::Value) -> Result<()> {
-    let body = value.to_string();
-    let mut resp = pingora::http::ResponseHeader::build(200, Some(3))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
+    let content_type = (http::header::CONTENT_TYPE, "application/json".to_string());
+    respond::respond_locally(
+        session,
+        200,
+        vec![content_type],
+        value.to_string(),
+        respond::Connection::Keep,
+    )
+    .await
 }
 
 /// The peer a cache miss goes to instead of the origin: the first node on the ring for the

@@ -62,14 +62,15 @@ pub enum Connection {
 }
 
 /// Writes a response the proxy makes itself (never from cache or origin, never to be cached
-/// downstream): `status`, `headers`, a static `body` with its length.
+/// downstream): `status`, `headers`, a `body` with its length.
 pub async fn respond_locally(
     session: &mut Session,
     status: u16,
     headers: Vec<(http::HeaderName, String)>,
-    body: &'static str,
+    body: impl Into<Bytes>,
     connection: Connection,
 ) -> Result<()> {
+    let body: Bytes = body.into();
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
     for (name, value) in headers {
         resp.insert_header(name, value)?;
@@ -83,9 +84,7 @@ pub async fn respond_locally(
         return session.write_response_header(Box::new(resp), true).await;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
+    session.write_response_body(Some(body), true).await
 }
 
 /// HTTP/1.0 has no chunked framing (RFC 9112 §6.1): pingora turns a response without
