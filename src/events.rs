@@ -7,6 +7,7 @@
 //! and jitter. Each body is signed: `X-Edgecache-Signature: sha256=<hex HMAC-SHA256 of the
 //! body keyed by the endpoint's secret>`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,9 @@ use crate::cache::MokaStorage;
 use crate::config::WebhookSettings;
 use crate::event_kind::EventKind;
 use crate::upstream::HealthEvents;
+
+/// Events kept for the dashboard's "recent events" list.
+pub const RECENT_EVENTS: usize = 100;
 
 /// Events waiting for delivery before new ones are dropped.
 pub const QUEUE_EVENTS: usize = 1024;
@@ -92,6 +96,7 @@ pub struct WebhookStats {
 pub struct EventSink {
     queue: mpsc::Sender<Event>,
     node: Arc<str>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
     /// Delivery counters.
     pub stats: Arc<WebhookStats>,
 }
@@ -99,9 +104,26 @@ pub struct EventSink {
 impl EventSink {
     /// Queues an event; drops (and counts) it when the queue is full.
     pub fn emit(&self, kind: EventKind, details: serde_json::Value) {
-        if self.queue.try_send(self.event(kind, details)).is_err() {
+        let event = self.event(kind, details);
+        self.remember(&event);
+        if self.queue.try_send(event).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps `event` among the [`RECENT_EVENTS`] newest, whether or not a webhook wants it.
+    fn remember(&self, event: &Event) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
+    }
+
+    /// The newest events, newest first.
+    pub fn recent(&self) -> Vec<Event> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
     }
 
     /// An event of this node, happening now.
@@ -130,6 +152,7 @@ pub fn channel(node: &str, endpoints: Endpoints) -> (EventSink, WebhookDispatche
     let sink = EventSink {
         queue,
         node: node.into(),
+        recent: Arc::default(),
         stats: stats.clone(),
     };
     let dispatcher = WebhookDispatcher {

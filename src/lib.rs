@@ -22,7 +22,8 @@
 //! Stored responses are compressed once, when stored ([`cache::codings`]); the storage picks
 //! the coding each client accepts. Sites, origins and policies live in a [`runtime::Runtime`]
 //! that [`reload`] replaces as a whole. Purges, from the [`admin`] API or the `PURGE` method,
-//! go through [`purge`]. Webhooks ([`events`], kinds in [`event_kind`]), health checks
+//! go through [`purge`]; the admin listener also serves the dashboard, drawn from [`history`].
+//! Webhooks ([`events`], kinds in [`event_kind`]), health checks
 //! ([`upstream::HealthCheckRunner`]) and the [`stop`] watcher run as background services next
 //! to the proxy; [`server`] assembles them all.
 //!
@@ -45,6 +46,7 @@ pub mod demo;
 pub mod event_kind;
 pub mod events;
 pub mod field_list;
+pub mod history;
 pub mod lazy_thread;
 pub mod logging;
 pub mod metrics;

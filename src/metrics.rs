@@ -84,6 +84,72 @@ pub struct RequestSample<'a> {
     pub coalesced: bool,
 }
 
+/// Node-wide running totals the dashboard's history samples: plain atomics next to the
+/// Prometheus series, so a sample needs no gathering of every labelled series.
+#[derive(Debug, Default)]
+pub struct NodeTotals {
+    requests: AtomicU64,
+    server_errors: AtomicU64,
+    bytes_from_cache: AtomicU64,
+    bytes_from_origin: AtomicU64,
+    /// Origin response times per [`LATENCY_BUCKETS`] bucket, the last one unbounded.
+    origin_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+}
+
+/// [`NodeTotals`] read at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TotalsSnapshot {
+    /// Requests answered, since start.
+    pub requests: u64,
+    /// Of them, answered with a 5xx.
+    pub server_errors: u64,
+    /// Body bytes sent from the cache (hits).
+    pub bytes_from_cache: u64,
+    /// Body bytes sent otherwise (misses, pass-through, local answers).
+    pub bytes_from_origin: u64,
+    /// Origin response times per bucket of [`TotalsSnapshot::LATENCY_BOUNDS`].
+    pub origin_buckets: Vec<u64>,
+}
+
+impl TotalsSnapshot {
+    /// Upper bounds (seconds) of the origin latency buckets; the last bucket has none.
+    pub const LATENCY_BOUNDS: [f64; LATENCY_BUCKETS.len()] = LATENCY_BUCKETS;
+}
+
+impl NodeTotals {
+    fn observe(&self, sample: &RequestSample) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if sample.status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let bytes = if sample.hit {
+            &self.bytes_from_cache
+        } else {
+            &self.bytes_from_origin
+        };
+        bytes.fetch_add(sample.bytes as u64, Ordering::Relaxed);
+        if let Some(seconds) = sample.origin_seconds {
+            let bucket = LATENCY_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(LATENCY_BUCKETS.len());
+            self.origin_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The totals now.
+    pub fn snapshot(&self) -> TotalsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TotalsSnapshot {
+            requests: load(&self.requests),
+            server_errors: load(&self.server_errors),
+            bytes_from_cache: load(&self.bytes_from_cache),
+            bytes_from_origin: load(&self.bytes_from_origin),
+            origin_buckets: self.origin_buckets.iter().map(load).collect(),
+        }
+    }
+}
+
 /// Client-connection events, counted where they happen and read when `/metrics` is scraped.
 #[derive(Debug, Default)]
 pub struct ClientCounters {
@@ -156,6 +222,8 @@ pub struct Metrics {
     cluster_events: GaugeVec,
     /// Client-connection events, counted by the listeners.
     pub clients: std::sync::Arc<ClientCounters>,
+    /// Node-wide totals for the dashboard's history.
+    pub totals: NodeTotals,
     hits: AtomicU64,
     lookups: AtomicU64,
     /// Requests that matched no site.
@@ -284,6 +352,7 @@ impl Metrics {
                 &["event"],
             ),
             clients: std::sync::Arc::default(),
+            totals: NodeTotals::default(),
             coalesced,
             hit_ratio,
             registry,
@@ -310,6 +379,7 @@ impl Metrics {
         // Series for requests that matched no site appear with the first such request.
         let site = site.unwrap_or_else(|| self.unrouted.get_or_init(|| self.site("-")));
         site.requests(sample.cache, sample.status).inc();
+        self.totals.observe(sample);
         site.bytes.inc_by(sample.bytes as u64);
         site.request_seconds.observe(sample.total_seconds);
         if let Some(origin) = sample.origin_seconds {

@@ -22,6 +22,7 @@ use crate::cluster::ClusterParts;
 use crate::config::Config;
 use crate::demo;
 use crate::events::{self, Endpoints};
+use crate::history::{History, Sampler};
 use crate::metrics::Metrics;
 use crate::proxy::connections::{
     fit_to_descriptor_limit, ClientConnections, ClientHelloDeadline, ConnectionTable, RejectedRequests,
@@ -199,7 +200,10 @@ pub fn build(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, BuildError
     let proxy_handle = server.add_service(service);
     proxy_handle.add_dependency(&reload_handle);
     if let Some(admin) = &config.admin {
-        let api = AdminApi::new(runtime, storage, metrics, reloader, events);
+        let history = Arc::new(History::default());
+        let sampler = Sampler::new(history.clone(), metrics.clone(), storage, &health_events);
+        server.add_service(background_service("dashboard history", sampler));
+        let api = AdminApi::new(runtime, storage, metrics, reloader, events, history);
         let mut admin_service = Service::new("edgecache admin".to_string(), api);
         admin_service.add_tcp(&admin.listen.to_string());
         server.add_service(admin_service);

@@ -17,6 +17,8 @@ pub struct NodeStatus {
     pub uptime_seconds: f64,
     /// The running config.
     pub config: ConfigStatus,
+    /// Requests and bytes answered since start.
+    pub requests: RequestTotals,
     /// The cache's size and hit counts.
     pub cache: CacheStatus,
     /// Each site's origins and certificate.
@@ -82,6 +84,19 @@ pub struct ConfigStatus {
     pub loaded_at: String,
 }
 
+/// Requests answered since start, all sites together.
+#[derive(Debug, Serialize)]
+pub struct RequestTotals {
+    /// Requests answered.
+    pub total: u64,
+    /// Of them, answered with a 5xx.
+    pub server_errors: u64,
+    /// Body bytes sent from the cache.
+    pub bytes_from_cache: u64,
+    /// Body bytes sent from origins (misses, pass-through) or made here.
+    pub bytes_from_origin: u64,
+}
+
 /// The cache's contents and hit counts.
 #[derive(Debug, Serialize)]
 pub struct CacheStatus {
@@ -89,6 +104,8 @@ pub struct CacheStatus {
     pub entries: u64,
     /// Bytes stored (as weighed against `max_memory`).
     pub bytes: u64,
+    /// `max_memory`: the most bytes it holds.
+    pub max_bytes: u64,
     /// Entries evicted under memory pressure since start.
     pub evictions: u64,
     /// Lookups that were hits, since start.
@@ -137,6 +154,12 @@ pub struct OriginStatus {
     pub backup: bool,
     /// Usable now.
     pub healthy: bool,
+    /// When its health last changed (RFC 3339; `None`: not since the node started).
+    pub health_since: Option<String>,
+    /// Requests it failed since the config was applied.
+    pub failures: u64,
+    /// When it last failed one (RFC 3339).
+    pub last_failure: Option<String>,
 }
 
 /// Webhook deliveries since start.

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -205,6 +205,9 @@ struct BreakerState {
     consecutive_failures: usize,
     ejected_until: Option<Instant>,
     trial_in_flight: bool,
+    /// Failed requests since the pool was built, and when the last one happened.
+    failures: u64,
+    last_failure: Option<SystemTime>,
 }
 
 impl CircuitBreaker {
@@ -226,13 +229,14 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether `origin` is ejected now.
-    fn ejected(&self, origin: &str) -> bool {
+    /// Whether `origin` is ejected now, its failed requests and when the last one happened.
+    fn state(&self, origin: &str) -> (bool, u64, Option<SystemTime>) {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states
-            .get(origin)
-            .and_then(|s| s.ejected_until)
-            .is_some_and(|until| Instant::now() < until)
+        let Some(state) = states.get(origin) else {
+            return (false, 0, None);
+        };
+        let ejected = state.ejected_until.is_some_and(|until| Instant::now() < until);
+        (ejected, state.failures, state.last_failure)
     }
 
     /// Records an outcome; returns the new health when it changed.
@@ -241,9 +245,15 @@ impl CircuitBreaker {
         let state = states.entry(origin.to_string()).or_default();
         let was_ejected = state.ejected_until.is_some();
         if success {
-            *state = BreakerState::default();
+            *state = BreakerState {
+                failures: state.failures,
+                last_failure: state.last_failure,
+                ..BreakerState::default()
+            };
             return was_ejected.then_some(true);
         }
+        state.failures += 1;
+        state.last_failure = Some(SystemTime::now());
         state.consecutive_failures += 1;
         state.trial_in_flight = false;
         if state.consecutive_failures >= self.eject_after && self.eject_after > 0 {
@@ -263,6 +273,10 @@ pub struct OriginHealth {
     pub backup: bool,
     /// Usable: passing its active checks (if any) and not ejected by the circuit breaker.
     pub healthy: bool,
+    /// Requests it failed (connection errors, timeouts, 5xx) since the config was applied.
+    pub failures: u64,
+    /// When it last failed one.
+    pub last_failure: Option<SystemTime>,
 }
 
 /// The origins of one site with their connection settings.
@@ -351,11 +365,13 @@ impl OriginPool {
             let backends = balancer.backends();
             for backend in backends.get_backend().iter() {
                 let addr = backend.addr.to_string();
-                let healthy = backends.ready(backend) && !self.breaker.ejected(&addr);
+                let (ejected, failures, last_failure) = self.breaker.state(&addr);
                 origins.push(OriginHealth {
+                    healthy: backends.ready(backend) && !ejected,
                     addr,
                     backup,
-                    healthy,
+                    failures,
+                    last_failure,
                 });
             }
         }

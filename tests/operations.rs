@@ -142,6 +142,82 @@ async fn admin_requests_need_the_token() {
     assert!(status["uptime_seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(node.admin("GET", "/nothing", None).await.0, 404);
     assert_eq!(node.admin("GET", "/purge", None).await.0, 405);
+    for path in ["/history", "/events", "/metrics"] {
+        let resp = client()
+            .get(format!("http://{}{path}", node.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    // The dashboard page needs no token and holds no data.
+    let page = client()
+        .get(format!("http://{}/", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Admin token"));
+    assert!(!page.contains(&origin.addr.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_samples_traffic_and_origin_failures() {
+    let origin = Origin::start().await;
+    origin.fixed("/ok", "max-age=60", "fine");
+    origin.route("/broken", |_, _| Reply::new(500, "down"));
+    let node = Node::start("history", "", &site(&origin));
+    for _ in 0..4 {
+        assert_eq!(get(&node.proxy, "127.0.0.1", "/ok").await.status(), 200);
+    }
+    assert_eq!(get(&node.proxy, "127.0.0.1", "/broken").await.status(), 500);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sample = loop {
+        let (_, text) = node.admin("GET", "/history", None).await;
+        let history: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(history["interval_seconds"], 2);
+        let samples = history["samples"].as_array().unwrap();
+        let busy = samples
+            .iter()
+            .find(|s| s["requests_per_second"].as_f64().unwrap() > 0.0);
+        if let Some(sample) = busy {
+            break sample.clone();
+        }
+        assert!(Instant::now() < deadline, "no sample with the traffic: {history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(sample["hit_ratio"].as_f64().unwrap() > 0.5, "{sample}");
+    assert!(sample["errors_per_second"].as_f64().unwrap() > 0.0, "{sample}");
+    assert!(
+        sample["origin_latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{sample}"
+    );
+    assert!(sample["cache_entries"].as_u64().unwrap() >= 1, "{sample}");
+    // Only newer samples after a given time.
+    let time = sample["time"].as_u64().unwrap();
+    let (_, text) = node.admin("GET", &format!("/history?after={time}"), None).await;
+    let newer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(newer["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["time"].as_u64().unwrap() > time));
+
+    let (_, text) = node.admin("GET", "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["requests"]["total"], 5);
+    assert_eq!(status["requests"]["server_errors"], 1);
+    let origin_status = &status["sites"][0]["origins"][0];
+    assert_eq!(origin_status["failures"], 1, "{origin_status}");
+    assert!(origin_status["last_failure"].is_string(), "{origin_status}");
+    let (_, text) = node.admin("GET", "/events", None).await;
+    let events: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(events["events"][0]["type"], "node_started", "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

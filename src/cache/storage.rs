@@ -359,6 +359,11 @@ impl MokaStorage {
         self.entries.entry_count()
     }
 
+    /// `max_memory`: the most bytes the entries may weigh.
+    pub fn max_bytes(&self) -> u64 {
+        self.entries.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
     /// Bytes charged against `max_memory` (eventually consistent).
     pub fn weighted_size(&self) -> u64 {
         self.entries.run_pending_tasks();

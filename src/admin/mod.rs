@@ -1,9 +1,14 @@
 //! The admin API: a separate listener (loopback by default) for operators and scripts.
 //!
-//! Every request needs `Authorization: Bearer <token>`; without it the answer is 401 and
-//! nothing else happens. The token is the running config's, so a reload rotates it. Endpoints:
-//! - `GET /status`: JSON with cache size, hit ratio, per-site origin health, config version,
-//!   uptime and webhook counters;
+//! `GET /` is the dashboard ([`dashboard`]): a page with no data in it, which asks for the
+//! token and then calls the endpoints below like any script. Every other request needs
+//! `Authorization: Bearer <token>`; without it the answer is 401 and nothing else happens. The
+//! token is the running config's, so a reload rotates it. Endpoints:
+//! - `GET /status`: JSON with requests, cache size, hit ratio, per-site origin health, config
+//!   version, uptime and webhook counters;
+//! - `GET /history?after=<ms>`: the samples of the last 15 minutes ([`History`]) newer than
+//!   `after` (milliseconds since the epoch; all without it);
+//! - `GET /events`: the newest events (purges, health changes, reloads...), newest first;
 //! - `GET /metrics`: Prometheus text;
 //! - `POST /purge`: JSON `{"url"|"prefix"|"host"|"tag": "...", "soft": false}`, answers how many
 //!   entries were touched;
@@ -18,16 +23,19 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+mod dashboard;
+
 use crate::cache::MokaStorage;
 use crate::cluster::Cluster;
 use crate::events::EventSink;
+use crate::history::{History, SAMPLE_INTERVAL};
 use crate::metrics::Metrics;
 use crate::purge::{self, PurgeVia};
 use crate::reload::Reloader;
 use crate::runtime::{SharedRuntime, Site};
 use crate::status::{
     CacheStatus, ClusterStatus, ConfigStatus, NodeStatus, OriginStatus, PeerStatus, PurgeDeliveries,
-    SiteStatus, WebhookCounts,
+    RequestTotals, SiteStatus, WebhookCounts,
 };
 
 /// How `/status` and `/metrics` show the cluster.
@@ -56,24 +64,25 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
     }
 }
 
-/// How `/status` and `/metrics` show `site`.
-fn site_status(site: &Site) -> SiteStatus {
+/// How `/status` and `/metrics` show `site`; `history` knows when its origins changed health.
+fn site_status(site: &Site, history: &History) -> SiteStatus {
     let origins = site.origins.health().into_iter();
     let not_after = site.settings.tls.as_ref().map(|c| c.not_after);
+    let name = site.settings.hosts.first().map_or("default", String::as_str);
     SiteStatus {
-        name: site
-            .settings
-            .hosts
-            .first()
-            .map_or("default", String::as_str)
-            .to_string(),
+        name: name.to_string(),
         hosts: site.settings.hosts.clone(),
         default: site.settings.default,
         origins: origins
             .map(|o| OriginStatus {
+                health_since: history
+                    .health_changed(name, &o.addr)
+                    .map(crate::access_log::rfc3339),
                 addr: o.addr,
                 backup: o.backup,
                 healthy: o.healthy,
+                failures: o.failures,
+                last_failure: o.last_failure.map(crate::access_log::rfc3339),
             })
             .collect(),
         certificate_expires: not_after.map(crate::access_log::rfc3339),
@@ -91,6 +100,7 @@ pub struct AdminApi {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     events: EventSink,
+    history: Arc<History>,
     started: Instant,
 }
 
@@ -102,6 +112,7 @@ impl AdminApi {
         metrics: Arc<Metrics>,
         reloader: Arc<Reloader>,
         events: EventSink,
+        history: Arc<History>,
     ) -> AdminApi {
         AdminApi {
             runtime,
@@ -109,6 +120,7 @@ impl AdminApi {
             metrics,
             reloader,
             events,
+            history,
             started: Instant::now(),
         }
     }
@@ -133,6 +145,7 @@ impl AdminApi {
         let (hits, lookups) = self.metrics.hits_and_lookups();
         let stats = &self.events.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let totals = self.metrics.totals.snapshot();
         NodeStatus {
             node: self.events.node().to_string(),
             version: env!("CARGO_PKG_VERSION"),
@@ -141,15 +154,26 @@ impl AdminApi {
                 version: runtime.version,
                 loaded_at: crate::access_log::rfc3339(runtime.loaded_at),
             },
+            requests: RequestTotals {
+                total: totals.requests,
+                server_errors: totals.server_errors,
+                bytes_from_cache: totals.bytes_from_cache,
+                bytes_from_origin: totals.bytes_from_origin,
+            },
             cache: CacheStatus {
                 entries: self.storage.entry_count(),
                 bytes: self.storage.weighted_size(),
+                max_bytes: self.storage.max_bytes(),
                 evictions: self.storage.evictions(),
                 hits,
                 lookups,
                 hit_ratio: CacheStatus::ratio(hits, lookups),
             },
-            sites: runtime.sites.iter().map(site_status).collect(),
+            sites: runtime
+                .sites
+                .iter()
+                .map(|site| site_status(site, &self.history))
+                .collect(),
             webhooks: WebhookCounts {
                 delivered: load(&stats.delivered),
                 failed: load(&stats.failed),
@@ -162,6 +186,23 @@ impl AdminApi {
 
     fn status(&self) -> Response<Vec<u8>> {
         json_response(StatusCode::OK, json!(self.snapshot()))
+    }
+
+    /// The samples newer than the `after` query parameter.
+    fn history(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let after = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("after="))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        let samples = self.history.samples_after(after);
+        let answer = json!({ "interval_seconds": SAMPLE_INTERVAL.as_secs(), "samples": samples });
+        compact_json_response(StatusCode::OK, &answer)
+    }
+
+    fn events(&self) -> Response<Vec<u8>> {
+        compact_json_response(StatusCode::OK, &json!({ "events": self.events.recent() }))
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
@@ -201,6 +242,10 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let request = session.req_header();
+        if let Some(asset) = dashboard::asset(&request.method, request.uri.path()) {
+            return asset;
+        }
         if !self.authorized(session) {
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             resp.headers_mut()
@@ -208,16 +253,18 @@ impl ServeHttp for AdminApi {
             return resp;
         }
         let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        match (method.as_str(), path.as_str()) {
+        let uri = session.req_header().uri.clone();
+        match (method.as_str(), uri.path()) {
             ("GET", "/status") => self.status(),
+            ("GET", "/history") => self.history(uri.query()),
+            ("GET", "/events") => self.events(),
             ("GET", "/metrics") => self.metrics(),
             ("POST", "/purge") => match read_body(session).await {
                 Ok(body) => self.purge(&body).await,
                 Err(resp) => resp,
             },
             ("POST", "/reload") => self.reload(),
-            (_, "/status" | "/metrics" | "/purge" | "/reload") => {
+            (_, "/status" | "/history" | "/events" | "/metrics" | "/purge" | "/reload") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
@@ -249,6 +296,17 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// Like [`json_response`] without the indentation, for the larger answers scripts poll.
+fn compact_json_response(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
