@@ -46,10 +46,11 @@ mod tests {
         for needle in ["src=\"/dashboard.js\"", "href=\"/dashboard.css\""] {
             assert!(PAGE.contains(needle), "{needle}");
         }
-        for external in ["http://", "https://", "//cdn", "@import"] {
+        for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "url(", "@import"] {
             assert!(!PAGE.contains(external), "page loads {external}");
             assert!(!STYLE.contains(external), "style sheet loads {external}");
         }
+        assert_eq!(PAGE.matches("<script").count(), 1, "one script: its own");
         assert!(
             !SCRIPT.contains("innerHTML"),
             "data must go into the page as text"
