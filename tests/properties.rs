@@ -6,8 +6,9 @@
 use std::time::{Duration, SystemTime};
 
 use edgecache::authority::{host_of_authority, normalize_host, request_authority};
+use edgecache::cache::directives::response_cache_control;
 use edgecache::cache::key::components;
-use edgecache::cache::policy::{request_freshness, response_cache_control};
+use edgecache::cache::policy::request_freshness;
 use edgecache::cache::storage::response_tags;
 use edgecache::cache::vary::{variance, AcceptEncodingVariance};
 use edgecache::cache::{cache_key, CachePolicy, CacheTarget};

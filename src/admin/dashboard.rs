@@ -46,7 +46,14 @@ mod tests {
         for needle in ["src=\"/dashboard.js\"", "href=\"/dashboard.css\""] {
             assert!(PAGE.contains(needle), "{needle}");
         }
-        for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "url(", "@import"] {
+        for external in [
+            "src=\"http",
+            "href=\"http",
+            "src=\"//",
+            "href=\"//",
+            "url(",
+            "@import",
+        ] {
             assert!(!PAGE.contains(external), "page loads {external}");
             assert!(!STYLE.contains(external), "style sheet loads {external}");
         }

@@ -5,6 +5,7 @@
 //! Range on hits); this module supplies the parts it leaves to the application.
 
 pub mod codings;
+pub mod directives;
 pub mod engine;
 pub mod failed_refreshes;
 pub mod fill_budget;

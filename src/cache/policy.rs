@@ -1,10 +1,11 @@
 //! Cacheability and freshness (RFC 9111), as pure functions over request and response headers.
 //!
-//! pingora parses `Cache-Control`; this module decides what to store and for how long:
-//! `CDN-Cache-Control` (RFC 9213) ahead of `Cache-Control`, `Age` and `Date` folded into the
-//! entry's age, `Expires` relative to `Date`, heuristic freshness only for heuristically cacheable
-//! statuses with `Last-Modified`, and the shared-cache rules for `Authorization`, `Set-Cookie`
-//! and `Vary: *`. It also applies the request directives pingora leaves alone (`no-cache`,
+//! pingora parses `Cache-Control` ([`directives`] picks the field and checks it); this module
+//! decides what to store and for how long: any final status with explicit freshness,
+//! `must-understand`, `Age` and `Date` folded into the entry's age, `Expires` relative to `Date`,
+//! heuristic freshness only for heuristically cacheable statuses with `Last-Modified`, the
+//! default stale-if-error window (never for responses that demand revalidation), and the
+//! shared-cache rules for `Authorization`, `Set-Cookie` and `Vary: *`. It also applies the request directives pingora leaves alone (`no-cache`,
 //! `max-age`, `min-fresh`, `max-stale`).
 
 use std::time::{Duration, SystemTime};
@@ -14,25 +15,32 @@ use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, ForcedFreshness, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use super::directives::{self, response_cache_control};
 use crate::config::CacheSettings;
 use crate::field_list;
-
-/// Response header that overrides `Cache-Control` for CDNs (RFC 9213); never sent downstream.
-pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// Statuses that may be stored with heuristic freshness (RFC 9110 §15.1), minus 206: partial
 /// responses are never stored because misses are fetched whole.
 const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-/// Statuses that may be stored when the origin gives an explicit lifetime.
-const STORABLE_STATUSES: [u16; 15] = [
-    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 451, 501,
-];
+/// Whether a response of `status` may be stored at all: any final status (RFC 9111 §3) but
+/// 206 (misses are fetched whole) and 304 (it updates a stored response, §4.3.4).
+fn storable_status(status: u16) -> bool {
+    (200..=999).contains(&status) && status != 206 && status != 304
+}
+
+/// Status codes whose requirements this cache knows, for `must-understand` (RFC 9111
+/// §5.2.2.3): the ones RFC 9110 defines.
+fn understood_status(status: u16) -> bool {
+    storable_status(status)
+        && http::StatusCode::from_u16(status).is_ok_and(|s| s.canonical_reason().is_some())
+}
 
 /// Why a response is not stored (reported as the `NoCacheReason`).
 mod reason {
     pub const REQUEST_NO_STORE: &str = "request no-store";
     pub const STATUS: &str = "status not storable";
+    pub const NOT_UNDERSTOOD: &str = "must-understand with an unknown status";
     pub const VARY_STAR: &str = "Vary: *";
     pub const SET_COOKIE: &str = "Set-Cookie";
     pub const AUTHORIZATION: &str = "Authorization without public";
@@ -83,7 +91,12 @@ impl CachePolicy {
         if CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store()) {
             return custom(reason::REQUEST_NO_STORE);
         }
-        if !STORABLE_STATUSES.contains(&resp.status.as_u16()) {
+        let status = resp.status.as_u16();
+        let cc = response_cache_control(resp);
+        let explicit =
+            cc.as_ref().and_then(|cc| cc.fresh_duration()).is_some() || resp.headers.contains_key("expires");
+        let heuristic = HEURISTIC_STATUSES.contains(&status);
+        if !storable_status(status) || !(explicit || heuristic) {
             // A server error is transient: it must not teach the predictor to bypass the cache
             // for the URL (which would also keep a stale copy from being served).
             if resp.status.is_server_error() {
@@ -94,9 +107,21 @@ impl CachePolicy {
         if has_vary_star(resp) {
             return custom(reason::VARY_STAR);
         }
-        let cc = response_cache_control(resp);
-        if cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No) {
-            return Uncacheable(NoCacheReason::OriginNotCache);
+        let must_understand = cc.as_ref().is_some_and(|cc| cc.has_key("must-understand"));
+        if must_understand && !understood_status(status) {
+            return custom(reason::NOT_UNDERSTOOD);
+        }
+        if let Some(cc) = &cc {
+            // `must-understand` with an understood status overrides the `no-store` it comes
+            // with; `private` still applies.
+            let refused = if must_understand {
+                cc.private()
+            } else {
+                cc.is_cacheable() == Cacheable::No
+            };
+            if refused {
+                return Uncacheable(NoCacheReason::OriginNotCache);
+            }
         }
         if req.headers.contains_key("authorization")
             && !cc.as_ref().is_some_and(|cc| cc.allow_caching_authorized_req())
@@ -111,13 +136,19 @@ impl CachePolicy {
         };
         // The entry is admitted now (pingora orders Vary variants and purges by admission time),
         // but its age started earlier: the age origin becomes the epoch that `Age` counts from.
-        let born = now.checked_sub(initial_age(resp, now)).unwrap_or(now);
+        let born = now
+            .checked_sub(initial_age(resp, now))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let fresh_until = if lifetime.is_zero() {
             born.checked_sub(Duration::from_secs(1)).unwrap_or(born)
         } else {
             born + lifetime
         };
-        let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &self.defaults);
+        let (swr, sie) = match &cc {
+            // A response that must be validated before every use is never served stale.
+            Some(cc) if cc.no_cache() => (0, 0),
+            cc => calculate_serve_stale_durations(cc.as_ref(), &self.defaults),
+        };
         let mut header = resp.clone();
         // Hits get an `Age` recomputed from the epoch.
         header.remove_header("age");
@@ -139,6 +170,9 @@ impl CachePolicy {
         resp: &ResponseHeader,
         now: SystemTime,
     ) -> Option<Duration> {
+        if directives::freshness_is_unreliable(resp) {
+            return Some(Duration::ZERO);
+        }
         if let Some(ttl) = cc.and_then(|cc| cc.fresh_duration()) {
             return Some(ttl);
         }
@@ -189,15 +223,6 @@ pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &http::HeaderMa
     merged
 }
 
-/// `CDN-Cache-Control` when present, else `Cache-Control`.
-pub fn response_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
-    if resp.headers.contains_key(CDN_CACHE_CONTROL) {
-        CacheControl::from_resp_headers_named(CDN_CACHE_CONTROL, resp)
-    } else {
-        CacheControl::from_resp_headers(resp)
-    }
-}
-
 fn has_vary_star(resp: &ResponseHeader) -> bool {
     field_list::items(&resp.headers, "vary").any(|name| name == "*")
 }
@@ -232,13 +257,7 @@ fn expires_lifetime(resp: &ResponseHeader, now: SystemTime) -> Duration {
 /// The age of the response when it arrived (RFC 9111 §4.2.3, without the request delay):
 /// the larger of the origin's `Age` and the apparent age from `Date`.
 fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
-    let age_value = resp
-        .headers
-        .get("age")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or_default();
+    let age_value = Duration::from_secs(directives::age_seconds(resp).unwrap_or_default());
     let apparent = header_date(resp, "date")
         .and_then(|date| now.duration_since(date).ok())
         .unwrap_or_default();

@@ -3,7 +3,8 @@
 //! pingora stores one variant per distinct variance hash; this module computes the hash from the
 //! request headers named by the stored response's `Vary`. Header names are compared
 //! case-insensitively, and values are normalised (repeated fields joined, whitespace around
-//! commas dropped) so trivially different spellings share a variant. `Accept-Encoding` is
+//! commas dropped; for the `Accept-*` lists, also case and member order) so trivially different
+//! spellings share a variant. `Accept-Encoding` is
 //! special: when the proxy compresses, one entry holds every coding and it plays no part in
 //! the variant; otherwise its normalised form (at most four spellings) does.
 
@@ -54,17 +55,28 @@ fn vary_names(meta: &CacheMeta) -> Vec<String> {
     names
 }
 
+/// Request headers that are case-insensitive lists whose member order carries no meaning
+/// for the selection (preferences are in their `q` weights).
+const UNORDERED_LISTS: [&str; 3] = ["accept", "accept-charset", "accept-language"];
+
 fn normalized_value(req: &RequestHeader, name: &str) -> Vec<u8> {
-    let mut value = Vec::new();
-    for field in req.headers.get_all(name) {
-        for item in field.as_bytes().split(|b| *b == b',') {
-            if !value.is_empty() {
-                value.push(b',');
-            }
-            value.extend_from_slice(item.trim_ascii());
+    let mut items: Vec<Vec<u8>> = req
+        .headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|field| field.as_bytes().split(|b| *b == b','))
+        .map(|item| item.trim_ascii().to_vec())
+        .filter(|item| !item.is_empty())
+        .collect();
+    if UNORDERED_LISTS.contains(&name) {
+        for item in &mut items {
+            item.make_ascii_lowercase();
+            item.retain(|b| !b.is_ascii_whitespace());
         }
+        items.sort();
+        items.dedup();
     }
-    value
+    items.join(&b',')
 }
 
 #[cfg(test)]
@@ -127,6 +139,16 @@ mod tests {
     }
 
     const IGNORED: AcceptEncodingVariance = AcceptEncodingVariance::Ignored;
+
+    #[test]
+    fn accept_lists_ignore_order_and_case() {
+        let meta = meta_with_vary("Accept-Language");
+        let of = |value| variance(&meta, &req(&[("accept-language", value)]), IGNORED);
+        assert_eq!(of("en, fr"), of("fr, en"));
+        assert_eq!(of("en, fr"), of("EN,fr"));
+        assert_eq!(of("en;q=0.5, fr"), of("fr, en; q=0.5"));
+        assert_ne!(of("en"), of("en, fr"));
+    }
 
     #[test]
     fn no_vary_means_no_variance() {

@@ -179,6 +179,23 @@ impl CompressionPolicy {
         Eligibility::Compress
     }
 
+    /// Whether the 200 that a 206 or 304 `header` is part of (or stands for) is compressed: its
+    /// length is the one `Content-Range` gives, or unknown.
+    pub fn compresses_whole_response(&self, header: &ResponseHeader) -> bool {
+        let mut whole = header.clone();
+        let total = header
+            .headers
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse::<u64>().ok());
+        whole.remove_header(&http::header::CONTENT_LENGTH);
+        if let (Some(total), 206) = (total, header.status.as_u16()) {
+            let _ = whole.insert_header(http::header::CONTENT_LENGTH, total);
+        }
+        whole.set_status(200).is_ok() && self.eligibility(&whole) == Eligibility::Compress
+    }
+
     /// The level used for `coding` when a response is stored.
     pub fn stored_level(&self, coding: Coding) -> u32 {
         match coding {
@@ -294,7 +311,7 @@ pub fn set_content_encoding(header: &mut ResponseHeader, coding: Coding) -> ping
 }
 
 /// `"abc"` → `"abc~gzip"` (and `W/"abc~gzip"` when `weak`); `None` for a malformed tag.
-fn suffixed_etag(etag: &str, coding: Coding, weak: bool) -> Option<String> {
+pub fn suffixed_etag(etag: &str, coding: Coding, weak: bool) -> Option<String> {
     let etag = etag.trim();
     let (was_weak, opaque) = match etag.strip_prefix("W/") {
         Some(rest) => (true, rest),
@@ -308,12 +325,18 @@ fn suffixed_etag(etag: &str, coding: Coding, weak: bool) -> Option<String> {
 /// A validator list (`If-None-Match`, `If-Match`, `If-Range`) with the proxy's coding suffixes
 /// removed, so the origin sees its own ETags; `None` when there was nothing to remove.
 pub fn origin_validators(value: &http::HeaderValue) -> Option<http::HeaderValue> {
+    origin_validators_of(value, &[Coding::Identity, Coding::Gzip, Coding::Brotli])
+}
+
+/// Like [`origin_validators`], removing only the suffixes of `codings`: the tags of other
+/// codings' representations stay as they are, so the origin does not match them.
+pub fn origin_validators_of(value: &http::HeaderValue, codings: &[Coding]) -> Option<http::HeaderValue> {
     let text = value.to_str().ok()?;
     if !text.contains('~') {
         return None;
     }
     let mut stripped = text.to_string();
-    for coding in [Coding::Identity, Coding::Gzip, Coding::Brotli] {
+    for coding in codings {
         stripped = stripped.replace(&format!("{}\"", coding.etag_suffix()), "\"");
     }
     if stripped == text {

@@ -1,8 +1,10 @@
-//! On-the-fly compression of a response body as it streams through the proxy.
+//! On-the-fly compression (and decompression) of a response body as it streams through the
+//! proxy.
 //!
 //! Used for responses not served from the cache. Each chunk is flushed through the encoder, so a
 //! slowly produced body reaches the client as it arrives rather than when the encoder's buffer
-//! fills; the final chunk closes the stream.
+//! fills; the final chunk closes the stream. The decoder serves a body the origin encoded to a
+//! client that does not accept its coding.
 
 use std::io::{self, Write};
 
@@ -87,9 +89,122 @@ impl StreamEncoder {
     }
 }
 
+/// Most bytes one chunk may decode to: a body that expands further (a decompression bomb) is
+/// cut off with an error rather than filling memory.
+pub const MAX_DECODED_CHUNK: usize = 16 << 20;
+
+/// A streaming gzip or brotli decoder.
+pub struct StreamDecoder {
+    inner: DecoderInner,
+}
+
+enum DecoderInner {
+    Gzip(Box<flate2::write::MultiGzDecoder<LimitedBuffer>>),
+    Brotli(Box<brotli::DecompressorWriter<LimitedBuffer>>),
+}
+
+impl std::fmt::Debug for StreamDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let coding = match self.inner {
+            DecoderInner::Gzip(_) => "gzip",
+            DecoderInner::Brotli(_) => "br",
+        };
+        f.debug_struct("StreamDecoder").field("coding", &coding).finish()
+    }
+}
+
+/// The decoder's output of one chunk, refusing to grow past [`MAX_DECODED_CHUNK`].
+#[derive(Default)]
+struct LimitedBuffer(Vec<u8>);
+
+impl Write for LimitedBuffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.0.len() + data.len() > MAX_DECODED_CHUNK {
+            return Err(io::Error::other("a chunk decodes to too many bytes"));
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StreamDecoder {
+    /// A decoder for `coding`; `None` for identity.
+    pub fn new(coding: Coding) -> Option<StreamDecoder> {
+        let inner = match coding {
+            Coding::Identity => return None,
+            Coding::Gzip => DecoderInner::Gzip(Box::new(flate2::write::MultiGzDecoder::new(
+                LimitedBuffer::default(),
+            ))),
+            Coding::Brotli => DecoderInner::Brotli(Box::new(brotli::DecompressorWriter::new(
+                LimitedBuffer::default(),
+                BROTLI_BUFFER,
+            ))),
+        };
+        Some(StreamDecoder { inner })
+    }
+
+    /// Decodes one chunk and returns what it decoded to; `end` checks that the stream is whole.
+    pub fn decode(&mut self, chunk: &[u8], end: bool) -> io::Result<Bytes> {
+        let out = match &mut self.inner {
+            DecoderInner::Gzip(decoder) => {
+                decoder.write_all(chunk)?;
+                if end {
+                    decoder.try_finish()?;
+                } else {
+                    decoder.flush()?;
+                }
+                std::mem::take(&mut decoder.get_mut().0)
+            }
+            DecoderInner::Brotli(decoder) => {
+                decoder.write_all(chunk)?;
+                if end {
+                    decoder.close()?;
+                } else {
+                    decoder.flush()?;
+                }
+                std::mem::take(&mut decoder.get_mut().0)
+            }
+        };
+        Ok(Bytes::from(out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_decoding_restores_the_input() {
+        let text = "decoded body ".repeat(5000).into_bytes();
+        for coding in [Coding::Gzip, Coding::Brotli] {
+            let encoded = coding.encode(&text, 5);
+            let mut decoder = StreamDecoder::new(coding).unwrap();
+            let mut decoded = Vec::new();
+            let chunks: Vec<&[u8]> = encoded.chunks(100).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                decoded.extend_from_slice(&decoder.decode(chunk, i + 1 == chunks.len()).unwrap());
+            }
+            assert_eq!(decoded, text, "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_refuses_bombs_and_truncated_streams() {
+        let zeros = vec![0u8; MAX_DECODED_CHUNK + 1];
+        for coding in [Coding::Gzip, Coding::Brotli] {
+            let bomb = coding.encode(&zeros, 5);
+            let mut decoder = StreamDecoder::new(coding).unwrap();
+            assert!(decoder.decode(&bomb, true).is_err(), "{coding:?} bomb");
+            let whole = coding.encode(b"some text to cut short, some text to cut short", 5);
+            let mut decoder = StreamDecoder::new(coding).unwrap();
+            let cut = &whole[..whole.len() / 2];
+            assert!(decoder.decode(cut, true).is_err(), "{coding:?} truncated");
+        }
+    }
 
     #[test]
     fn streamed_chunks_decode_to_the_input() {

@@ -235,7 +235,8 @@ pub struct CacheSection {
     pub lock_timeout: HumanDuration,
     /// Stale-while-revalidate window used when the origin gives none.
     pub stale_while_revalidate: HumanDuration,
-    /// Stale-if-error window used when the origin gives none.
+    /// Stale-if-error window used when the origin gives none: how long past its freshness a
+    /// stored response is served when its origin fails (`0s`: never without the directive).
     pub stale_if_error: HumanDuration,
     /// Fraction of the time since `Last-Modified` used as heuristic freshness.
     pub heuristic_fraction: f64,
@@ -247,6 +248,10 @@ pub struct CacheSection {
     pub status_name: String,
 }
 
+/// How long a stale response is served when its origin fails and the response names no
+/// window of its own (nginx `proxy_cache_use_stale error timeout`, Varnish grace).
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
+
 impl Default for CacheSection {
     fn default() -> Self {
         CacheSection {
@@ -254,7 +259,7 @@ impl Default for CacheSection {
             max_object_size: ByteSize(16 << 20),
             lock_timeout: HumanDuration(Duration::from_secs(5)),
             stale_while_revalidate: HumanDuration(Duration::ZERO),
-            stale_if_error: HumanDuration(Duration::ZERO),
+            stale_if_error: HumanDuration(DEFAULT_STALE_IF_ERROR),
             heuristic_fraction: 0.1,
             heuristic_max: HumanDuration(Duration::from_secs(86_400)),
             keep_stale: HumanDuration(Duration::from_secs(600)),
@@ -388,6 +393,10 @@ pub struct SiteSection {
     /// `X-Forwarded-Host` when the origin trusts it but the cache key does not hold it).
     #[serde(default)]
     pub strip_request_headers: Vec<String>,
+    /// Remove `CDN-Cache-Control` from responses to clients (it is forwarded by default, for
+    /// caches further down; RFC 9213).
+    #[serde(default)]
+    pub strip_cdn_cache_control: bool,
 }
 
 /// `[demo]`: a sample origin inside the binary, so the proxy can be tried with nothing else running.

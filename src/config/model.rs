@@ -280,6 +280,8 @@ pub struct SiteSettings {
     pub hsts: Option<http::HeaderValue>,
     /// Request headers removed before lookup and forwarding.
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// `CDN-Cache-Control` is removed from responses to clients.
+    pub strip_cdn_cache_control: bool,
 }
 
 /// One validated origin.

@@ -494,6 +494,7 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         redirect_https: site.redirect_https,
         hsts: site_hsts(site, index, at)?,
         strip_request_headers: strip_request_headers(site, index, at)?,
+        strip_cdn_cache_control: site.strip_cdn_cache_control,
     })
 }
 

@@ -123,8 +123,16 @@ pub struct Encoding {
     pub accepted: Accepted,
     /// Compresses a response that is not served from the cache as it streams through.
     pub encoder: Option<StreamEncoder>,
+    /// Decodes an origin-encoded response for a client that does not accept its coding.
+    pub decoder: Option<crate::compression::stream::StreamDecoder>,
     /// Compression time since the stream last paused for other requests.
     pub busy: std::time::Duration,
+    /// The coding whose ETag suffix was removed from a passed-through `If-None-Match`: the
+    /// origin's 304 names that coding's tag again.
+    pub validator_coding: Option<crate::compression::Coding>,
+    /// The origin's 200 is one the proxy compresses: a 206 or 304 made from it varies on
+    /// `Accept-Encoding` as it would.
+    pub origin_compressible: bool,
 }
 
 /// Compression time after which an on-the-fly compressed stream gives way to other requests.

@@ -1,6 +1,6 @@
 //! What every response gets on its way to the client, hits included: `Cache-Status`, `Via`,
-//! `Server-Timing` when enabled, HSTS over HTTPS; and what it loses: `CDN-Cache-Control` and
-//! the purge-tag headers, which are for this cache only.
+//! `Server-Timing` when enabled, HSTS over HTTPS; and what it loses: the purge-tag headers,
+//! which are for this cache only, and `CDN-Cache-Control` when the site says so.
 
 use pingora::cache::CachePhase;
 use pingora::http::ResponseHeader;
@@ -9,10 +9,10 @@ use pingora::Result;
 
 use super::cache_status::{remaining_ttl, CacheOutcome, CacheStatus, CACHE_STATUS};
 use super::ctx::RequestCtx;
-use crate::cache::policy::CDN_CACHE_CONTROL;
+use crate::cache::directives::CDN_CACHE_CONTROL;
 use crate::cache::storage::TAG_HEADERS;
 
-/// `CDN-Cache-Control`, parsed once (it is removed from every response).
+/// `CDN-Cache-Control`, parsed once.
 const CDN_CACHE_CONTROL_NAME: http::HeaderName = http::HeaderName::from_static(CDN_CACHE_CONTROL);
 
 /// Adds and removes the headers every response gets; `ctx.cache.outcome` is set.
@@ -25,7 +25,9 @@ pub fn decorate(
     let Some(outcome) = ctx.cache.outcome else {
         return Ok(());
     };
-    resp.remove_header(&CDN_CACHE_CONTROL_NAME);
+    if ctx.site().is_some_and(|s| s.settings.strip_cdn_cache_control) {
+        resp.remove_header(&CDN_CACHE_CONTROL_NAME);
+    }
     for name in &TAG_HEADERS {
         resp.remove_header(name);
     }

@@ -15,8 +15,14 @@ use crate::compression::{self, Coding, Eligibility};
 
 /// What the origin is asked for: identity when the proxy compresses (so one fetch serves every
 /// client), else the client's acceptable codings in normalised form. Validators lose the
-/// proxy's coding suffixes, so the origin sees its own ETags.
-pub fn origin_codings(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+/// proxy's coding suffixes, so the origin sees its own ETags; a request that passes by the
+/// cache (`cached` false) loses only the suffix of the coding it would be served, so a tag of
+/// another coding's representation does not match, and its 304 is given that coding's tag.
+pub fn origin_codings(
+    upstream_request: &mut RequestHeader,
+    cached: bool,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
     let accept_encoding = http::header::ACCEPT_ENCODING;
     let normalized = ctx.encoding.accepted.header_value();
     if ctx.encoding.compress || normalized.is_empty() {
@@ -29,13 +35,48 @@ pub fn origin_codings(upstream_request: &mut RequestHeader, ctx: &RequestCtx) ->
         http::header::IF_MATCH,
         http::header::IF_RANGE,
     ] {
-        let stripped = upstream_request
-            .headers
-            .get(&name)
-            .and_then(compression::origin_validators);
+        let Some(value) = upstream_request.headers.get(&name) else {
+            continue;
+        };
+        let stripped = if cached {
+            compression::origin_validators(value)
+        } else {
+            let served = served_coding(ctx);
+            let stripped = compression::origin_validators_of(value, &[served, Coding::Identity]);
+            if stripped.is_some() && name == http::header::IF_NONE_MATCH {
+                ctx.encoding.validator_coding = Some(served);
+            }
+            stripped
+        };
         if let Some(value) = stripped {
             upstream_request.insert_header(name, value)?;
         }
+    }
+    Ok(())
+}
+
+/// The coding a compressible response streamed to this client gets.
+fn served_coding(ctx: &RequestCtx) -> Coding {
+    let accepted = ctx.encoding.accepted;
+    match (ctx.encoding.compress, accepted.brotli, accepted.gzip) {
+        (true, true, _) => Coding::Brotli,
+        (true, false, true) => Coding::Gzip,
+        _ => Coding::Identity,
+    }
+}
+
+/// A 304 the origin sent for a tag whose coding suffix was removed names that tag again.
+fn restore_validator_coding(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(coding) = ctx.encoding.validator_coding.filter(|c| *c != Coding::Identity) else {
+        return Ok(());
+    };
+    let etag = resp
+        .headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| compression::suffixed_etag(v, coding, true));
+    if let Some(etag) = etag {
+        resp.insert_header(http::header::ETAG, etag)?;
     }
     Ok(())
 }
@@ -59,8 +100,16 @@ pub fn keep_stored_etag(not_modified: &mut ResponseHeader, stored: Option<&Cache
     }
 }
 
+/// Notes whether the origin's response is one the proxy compresses, for the 206 or 304 the
+/// client may get made from it.
+pub fn note_origin_response(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    ctx.encoding.origin_compressible =
+        ctx.encoding.compress && ctx.runtime.compression.eligibility(resp) == Eligibility::Compress;
+}
+
 /// Sets up on-the-fly compression of a compressible response from the origin (misses and
-/// uncacheable responses; stored responses already carry their coding).
+/// uncacheable responses; stored responses already carry their coding), or decoding of one the
+/// origin encoded in a coding the client does not accept.
 pub fn start_compression(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     let from_cache = matches!(
         session.cache.phase(),
@@ -70,12 +119,26 @@ pub fn start_compression(session: &Session, resp: &mut ResponseHeader, ctx: &mut
             | CachePhase::Revalidated
             | CachePhase::RevalidatedNoCache(_)
     );
-    if !ctx.encoding.compress || from_cache {
+    if from_cache {
         return Ok(());
     }
     let runtime = ctx.runtime.clone();
     let policy = &runtime.compression;
-    if policy.eligibility(resp) != Eligibility::Compress {
+    if resp.status == http::StatusCode::NOT_MODIFIED {
+        restore_validator_coding(resp, ctx)?;
+    }
+    if matches!(resp.status.as_u16(), 206 | 304) {
+        // Made from a 200 (or standing for one): they say what it would vary on.
+        if ctx.encoding.origin_compressible || policy.compresses_whole_response(resp) {
+            compression::add_vary_accept_encoding(resp)?;
+        }
+        return Ok(());
+    }
+    let eligibility = policy.eligibility(resp);
+    if let Eligibility::Encoded(coding) = eligibility {
+        return start_decoding(session, resp, ctx, coding);
+    }
+    if !ctx.encoding.compress || eligibility != Eligibility::Compress {
         return Ok(());
     }
     compression::add_vary_accept_encoding(resp)?;
@@ -93,18 +156,52 @@ pub fn start_compression(session: &Session, resp: &mut ResponseHeader, ctx: &mut
     if req.headers.contains_key(http::header::RANGE) || req.version < http::Version::HTTP_11 {
         return Ok(());
     }
-    compression::recode_header(resp, Coding::Identity, coding, true)?;
-    resp.remove_header(&http::header::CONTENT_LENGTH);
-    resp.remove_header(&http::header::ACCEPT_RANGES);
-    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    recode_streamed(session, resp, Coding::Identity, coding)?;
     if session.req_header().method != http::Method::HEAD {
         ctx.encoding.encoder = compression::stream::StreamEncoder::new(coding, level);
     }
     Ok(())
 }
 
-/// Compresses the next piece of a response as it streams through (when compression was
-/// started for it). A large body from a fast origin would otherwise keep the worker thread
+/// Sets up decoding of a body the origin sent in `coding` for a client that does not accept
+/// it (RFC 9110 §12.5.3): it gets the identity representation, as it would from the cache.
+fn start_decoding(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    coding: Coding,
+) -> Result<()> {
+    let accepted = ctx.encoding.accepted;
+    let acceptable = match coding {
+        Coding::Gzip => accepted.gzip,
+        Coding::Brotli => accepted.brotli,
+        Coding::Identity => true,
+    };
+    // A range cuts the encoded bytes, which cannot be decoded on their own.
+    if acceptable || session.req_header().headers.contains_key(http::header::RANGE) {
+        return Ok(());
+    }
+    compression::add_vary_accept_encoding(resp)?;
+    recode_streamed(session, resp, coding, Coding::Identity)?;
+    if session.req_header().method != http::Method::HEAD {
+        ctx.encoding.decoder = compression::stream::StreamDecoder::new(coding);
+    }
+    Ok(())
+}
+
+/// The header of a body recoded from `from` to `to` as it streams: its length is unknown.
+fn recode_streamed(session: &Session, resp: &mut ResponseHeader, from: Coding, to: Coding) -> Result<()> {
+    compression::recode_header(resp, from, to, true)?;
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    resp.remove_header(&http::header::ACCEPT_RANGES);
+    if session.req_header().version >= http::Version::HTTP_11 {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// Compresses (or decodes) the next piece of a response as it streams through, when that was
+/// started for it. A large body from a fast origin would otherwise keep the worker thread
 /// compressing without a break (tokio preempts by I/O operations, not time), so the answer is
 /// how long the stream pauses to let other requests run, after every few milliseconds spent.
 pub fn compress_chunk(
@@ -112,20 +209,29 @@ pub fn compress_chunk(
     end_of_stream: bool,
     ctx: &mut RequestCtx,
 ) -> Result<Option<Duration>> {
-    let Some(encoder) = ctx.encoding.encoder.as_mut() else {
+    let encoding = &mut ctx.encoding;
+    if encoding.encoder.is_none() && encoding.decoder.is_none() {
         return Ok(None);
-    };
+    }
     if body.is_none() && !end_of_stream {
         return Ok(None);
     }
     let chunk = body.as_deref().unwrap_or_default();
     let started = Instant::now();
-    let encoded = encoder
-        .encode(chunk, end_of_stream)
-        .or_err(ErrorType::InternalError, "compressing the response")?;
-    *body = (!encoded.is_empty()).then_some(encoded);
+    let recoded = match (&mut encoding.encoder, &mut encoding.decoder) {
+        (Some(encoder), _) => encoder
+            .encode(chunk, end_of_stream)
+            .or_err(ErrorType::InternalError, "compressing the response")?,
+        (None, Some(decoder)) => decoder.decode(chunk, end_of_stream).or_err(
+            ErrorType::Custom("undecodable origin body"),
+            "decoding the origin's response",
+        )?,
+        (None, None) => return Ok(None),
+    };
+    *body = (!recoded.is_empty()).then_some(recoded);
     if end_of_stream {
-        ctx.encoding.encoder = None;
+        encoding.encoder = None;
+        encoding.decoder = None;
     }
     Ok(ctx.encoding.pause_after(started.elapsed()))
 }

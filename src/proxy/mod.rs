@@ -15,6 +15,7 @@ pub mod encoding;
 pub mod errors;
 pub mod headers;
 pub mod peer;
+pub mod ranges;
 pub mod record;
 pub mod respond;
 pub mod retry;
@@ -245,7 +246,7 @@ impl ProxyHttp for EdgeProxy {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let version = session.req_header().version;
         headers::prepare_for_origin(upstream_request, ctx, client_ip, version)?;
-        encoding::origin_codings(upstream_request, ctx)?;
+        encoding::origin_codings(upstream_request, session.cache.enabled(), ctx)?;
         peer::sign_forwarded(upstream_request, ctx)
     }
 
@@ -299,6 +300,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(length) = headers::repeated_content_length(&resp.headers) {
             resp.insert_header(http::header::CONTENT_LENGTH, length)?;
         }
+        encoding::note_origin_response(resp, ctx);
         if resp.status == http::StatusCode::NOT_MODIFIED {
             encoding::keep_stored_etag(resp, session.cache.maybe_cache_meta());
             ctx.upstream.not_modified = Some(resp.headers.clone());
@@ -396,6 +398,17 @@ impl ProxyHttp for EdgeProxy {
         };
         retry::after_proxy_failure(&mut e, &failure, ctx);
         e
+    }
+
+    /// `Range` handling for responses from the cache and fills: GET only, strong `If-Range`,
+    /// never a range of an empty body ([`ranges`]).
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::proxy::RangeType {
+        ranges::range_type(session.req_header(), resp)
     }
 
     /// Serves stale while revalidating whenever the stored response allows it, and on upstream

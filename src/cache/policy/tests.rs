@@ -94,7 +94,13 @@ fn shared_cache_exclusions() {
         &resp(200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")])
     )
     .is_none());
-    assert!(decide(&get(), &resp(500, &[("cache-control", "max-age=60")])).is_none());
+    assert!(decide(
+        &get(),
+        &resp(500, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")])
+    )
+    .is_none());
+    assert!(decide(&get(), &resp(500, &[("cache-control", "max-age=60")])).is_some());
+    assert!(decide(&get(), &resp(206, &[("cache-control", "max-age=60")])).is_none());
     let stripped = decide(
         &get(),
         &resp(
