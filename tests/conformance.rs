@@ -627,3 +627,88 @@ async fn pass_through_conditionals_map_the_coding_tags() {
     assert!(!identity.headers().contains_key("content-encoding"));
     assert_eq!(identity.headers()["etag"], "\"p1\"");
 }
+
+/// RFC 9111 §4.3.4, §4.3.5, §3.2: revalidation updates the stored header fields, except those
+/// describing the stored body. A `HEAD` on a stale entry revalidates it (pingora asks with a
+/// conditional GET, so a HEAD response never has to be merged) and its 304 updates it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_updates_stored_fields_but_never_the_body_framing() {
+    let origin = Origin::start().await;
+    origin.route("/refresh", |seen, n| {
+        let validated = seen.headers.get("if-none-match").is_some_and(|v| v == "\"h1\"");
+        if n == 1 || !validated {
+            return Reply::ok("0123456789")
+                .header("cache-control", "max-age=0")
+                .header("etag", "\"h1\"")
+                .header("x-version", n);
+        }
+        Reply::new(304, "")
+            .header("cache-control", "max-age=0")
+            .header("etag", "\"h1\"")
+            .header("x-version", n)
+            .header("content-encoding", "gzip")
+            .header("content-range", "bytes 0-1/2")
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    get(&proxy, "/refresh", &[]).await;
+    let head = client().head(proxy.url("/refresh")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["x-version"], "2", "HEAD revalidated");
+    let seen = origin.seen("/refresh");
+    assert_eq!(
+        seen[1].method,
+        http::Method::GET,
+        "revalidated with a conditional GET"
+    );
+    let resp = client().get(proxy.url("/refresh")).send().await.unwrap();
+    assert_eq!(resp.headers()["x-version"], "3");
+    assert!(
+        !resp.headers().contains_key("content-encoding"),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(!resp.headers().contains_key("content-range"));
+    assert_eq!(resp.headers()["content-length"], "10");
+    assert_eq!(resp.text().await.unwrap(), "0123456789");
+}
+
+/// RFC 9111 §3.3, §3.4 as far as pingora's cache model goes: a `Range` miss fetches the whole
+/// response once (its range is cut from the fill as it streams) and stores it, so every later
+/// range is served from the cache with the right `Content-Range`. pingora stores one complete
+/// body per entry, so a `206` from an origin is not stored and parts are not combined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_misses_store_the_whole_response_and_later_ranges_are_hits() {
+    let origin = Origin::start().await;
+    let body: String = (0..10_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let stored = body.clone();
+    origin.route("/big", move |_, _| {
+        Reply::ok(stored.clone())
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"big\"")
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    for (range, start, end) in [
+        ("bytes=100-199", 100, 199),
+        ("bytes=9000-", 9000, 9999),
+        ("bytes=-10", 9990, 9999),
+    ] {
+        let resp = client()
+            .get(proxy.url("/big"))
+            .header("range", range)
+            .header("accept-encoding", "identity")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206, "{range}");
+        assert_eq!(
+            resp.headers()["content-range"].to_str().unwrap(),
+            format!("bytes {start}-{end}/10000"),
+        );
+        assert_eq!(resp.text().await.unwrap(), body[start..=end], "{range}");
+    }
+    assert_eq!(origin.hits("/big"), 1, "one whole fetch");
+    assert!(
+        origin.seen("/big")[0].headers.get("range").is_none(),
+        "the miss asked for the whole response"
+    );
+}
