@@ -66,6 +66,9 @@ pub struct Record<'a> {
     pub total_ms: f64,
     /// Error that ended the request, if any.
     pub error: Option<String>,
+    /// Name of the `[[site.route]]` rule that matched, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
 }
 
 /// The line of a request refused before it reached the proxy (pingora answered `400` to a
@@ -87,6 +90,7 @@ pub fn rejected(client: Option<IpAddr>, protocol: http::Version) -> Record<'stat
         upstream_ms: None,
         total_ms: 0.0,
         error: Some("request rejected before routing (malformed, too large or incomplete)".into()),
+        route: None,
     }
 }
 
@@ -250,7 +254,7 @@ fn version_name(version: http::Version) -> &'static str {
 }
 
 /// `client - - [27/Nov/2026:16:28:19 +0000] "GET /p HTTP/1.1" 200 123 "referer" "agent"`,
-/// then `host=… cache=… origin=… upstream_ms=… total_ms=…`.
+/// then `host=… cache=… origin=… upstream_ms=… total_ms=…` and `route=…` when a rule matched.
 fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
     match r.client {
         Some(ip) => write!(out, "{ip}")?,
@@ -275,7 +279,11 @@ fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
         Some(ms) => write!(out, "{ms:.3}")?,
         None => out.push(b'-'),
     }
-    write!(out, " total_ms={:.3}", r.total_ms)
+    write!(out, " total_ms={:.3}", r.total_ms)?;
+    if let Some(route) = r.route {
+        write!(out, " route={route}")?;
+    }
+    Ok(())
 }
 
 /// A header value safe inside double quotes (`-` when empty).
@@ -326,6 +334,7 @@ mod tests {
             upstream_ms: None,
             total_ms: 0.25,
             error: None,
+            route: None,
         }
     }
 

@@ -82,6 +82,8 @@ pub struct RequestSample<'a> {
     pub lookup: bool,
     /// Waited on another request fetching the same URL.
     pub coalesced: bool,
+    /// The `[[site.route]]` rule that matched, by name.
+    pub route: Option<&'a str>,
 }
 
 /// Node-wide running totals the dashboard's history samples: plain atomics next to the
@@ -207,6 +209,7 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     origin_seconds: HistogramVec,
     coalesced: IntCounter,
+    route_requests: IntCounterVec,
     purges: IntCounterVec,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
@@ -302,6 +305,11 @@ impl Metrics {
                 "edgecache_origin_duration_seconds",
                 "Time from choosing an origin to its response header",
             ),
+            route_requests: counter_vec(
+                "edgecache_route_requests_total",
+                "Requests by site and the [[site.route]] rule that matched them",
+                &["site", "route"],
+            ),
             purges: counter_vec(
                 "edgecache_purged_entries_total",
                 "Entries purged",
@@ -380,6 +388,9 @@ impl Metrics {
         let site = site.unwrap_or_else(|| self.unrouted.get_or_init(|| self.site("-")));
         site.requests(sample.cache, sample.status).inc();
         self.totals.observe(sample);
+        if let Some(route) = sample.route {
+            self.route_requests.with_label_values(&[&site.name, route]).inc();
+        }
         site.bytes.inc_by(sample.bytes as u64);
         site.request_seconds.observe(sample.total_seconds);
         if let Some(origin) = sample.origin_seconds {

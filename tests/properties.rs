@@ -81,8 +81,8 @@ proptest! {
         let now = SystemTime::now();
         let meta = CacheMeta::new(now + Duration::from_secs(60), now, 10, 10, resp);
         let _ = request_freshness(&req, &meta, now);
-        let _ = variance(&meta, &req, AcceptEncodingVariance::Ignored);
-        let _ = variance(&meta, &req, AcceptEncodingVariance::Normalized("gzip"));
+        let _ = variance(&meta, &req, AcceptEncodingVariance::Ignored, Vec::new());
+        let _ = variance(&meta, &req, AcceptEncodingVariance::Normalized("gzip"), Vec::new());
     }
 
     #[test]
@@ -112,7 +112,7 @@ proptest! {
         let meta = CacheMeta::new(now, now, 0, 0, resp);
         let first = vary.split(',').next().unwrap_or("x").trim().to_string();
         let req = request_with(&[(first.as_str(), value.as_str())]);
-        let _ = variance(&meta, &req, AcceptEncodingVariance::Ignored);
+        let _ = variance(&meta, &req, AcceptEncodingVariance::Ignored, Vec::new());
     }
 
     #[test]

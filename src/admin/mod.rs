@@ -220,6 +220,7 @@ impl AdminApi {
             Ok(parsed) => parsed,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
+        let purge = self.runtime.load().keyed_purge(purge);
         let purged = purge.apply(self.storage);
         let report = purge.report(purged, PurgeVia::AdminApi);
         report.send(&self.metrics, &self.events);

@@ -5,9 +5,13 @@
 //! one URL maps to one entry whatever the client protocol. GET and HEAD share the entry (the
 //! method is not part of the key; pingora fetches HEAD misses as GET).
 
+use std::borrow::Cow;
+
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
+
+use crate::config::QueryKey;
 
 /// The URL components that identify a cached resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,15 @@ impl CacheTarget {
         })
     }
 
+    /// The target with its query reduced to what `query` keeps in the key.
+    pub fn with_query_key(mut self, query: &QueryKey) -> CacheTarget {
+        let normalized = normalize_query(&self.path_and_query, query);
+        if normalized.len() != self.path_and_query.len() || matches!(normalized, Cow::Owned(_)) {
+            self.path_and_query = normalized.into_owned();
+        }
+        self
+    }
+
     /// The same host and scheme with another path (used to invalidate `Location` targets).
     pub fn with_path(&self, path_and_query: &str) -> CacheTarget {
         CacheTarget {
@@ -58,6 +71,35 @@ impl CacheTarget {
             path_and_query: path_and_query.to_string(),
         }
     }
+}
+
+/// `path_and_query` with its query reduced to what `mode` keeps in the key: as sent, sorted,
+/// none, or only the parameters kept (sorted). Parameters are compared by name as sent.
+pub fn normalize_query<'a>(path_and_query: &'a str, mode: &QueryKey) -> Cow<'a, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    let keeps = |name: &str| match mode {
+        QueryKey::Keep | QueryKey::Sort => true,
+        QueryKey::Ignore => false,
+        QueryKey::Only(patterns) => patterns.iter().any(|p| p.matches(name)),
+        QueryKey::Without(patterns) => !patterns.iter().any(|p| p.matches(name)),
+    };
+    match mode {
+        QueryKey::Keep => return Cow::Borrowed(path_and_query),
+        QueryKey::Ignore => return Cow::Borrowed(path),
+        _ => {}
+    }
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| keeps(p.split_once('=').map_or(*p, |(name, _)| name)))
+        .collect();
+    params.sort_unstable();
+    if params.is_empty() {
+        return Cow::Borrowed(path);
+    }
+    Cow::Owned(format!("{path}?{}", params.join("&")))
 }
 
 /// Builds the pingora cache key of a target: scheme, authority (host and non-default port),
@@ -96,6 +138,24 @@ pub fn components(primary: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::NamePattern;
+
+    #[test]
+    fn query_modes_shape_the_key() {
+        let url = "/a?utm_source=x&v=2&b=1&fbclid=z";
+        let drop = QueryKey::Without(vec![NamePattern::new("utm_*"), NamePattern::new("fbclid")]);
+        assert_eq!(normalize_query(url, &QueryKey::Keep), url);
+        assert_eq!(normalize_query(url, &QueryKey::Ignore), "/a");
+        assert_eq!(
+            normalize_query(url, &QueryKey::Sort),
+            "/a?b=1&fbclid=z&utm_source=x&v=2"
+        );
+        assert_eq!(normalize_query(url, &drop), "/a?b=1&v=2");
+        let keep = QueryKey::Only(vec![NamePattern::new("v")]);
+        assert_eq!(normalize_query(url, &keep), "/a?v=2");
+        assert_eq!(normalize_query("/a?utm_x=1", &drop), "/a");
+        assert_eq!(normalize_query("/a", &drop), "/a");
+    }
 
     fn target(host: &str, path: &str) -> CacheTarget {
         CacheTarget {

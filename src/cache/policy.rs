@@ -53,6 +53,16 @@ pub fn is_request_specific_reason(reason: &'static str) -> bool {
     reason == reason::REQUEST_NO_STORE || reason == reason::AUTHORIZATION
 }
 
+/// A per-path rule's say on freshness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleTtl {
+    /// Freshness for responses of a heuristically cacheable status that carry none.
+    pub default_ttl: Option<Duration>,
+    /// Freshness for every storable response, whatever the origin says (the operator's
+    /// explicit override, RFC 9111 §4.2.1 allows a cache to be configured so).
+    pub override_ttl: Option<Duration>,
+}
+
 /// The freshness and stale defaults of one cache, applied to every response.
 pub struct CachePolicy {
     defaults: CacheMetaDefaults,
@@ -85,6 +95,19 @@ impl CachePolicy {
         req: &RequestHeader,
         resp: &ResponseHeader,
         now: SystemTime,
+    ) -> RespCacheable {
+        self.response_cacheability_under(req, resp, now, RuleTtl::default())
+    }
+
+    /// [`CachePolicy::response_cacheability`] under a per-path rule's `ttl`. Neither of its
+    /// lifetimes makes storable what is not: `no-store`, `private`, a status without explicit
+    /// freshness outside the heuristically cacheable ones.
+    pub fn response_cacheability_under(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        now: SystemTime,
+        ttl: RuleTtl,
     ) -> RespCacheable {
         use RespCacheable::Uncacheable;
         let custom = |why| Uncacheable(NoCacheReason::Custom(why));
@@ -131,7 +154,7 @@ impl CachePolicy {
         if resp.headers.contains_key("set-cookie") && !strips_set_cookie(cc.as_ref()) {
             return custom(reason::SET_COOKIE);
         }
-        let Some(lifetime) = self.freshness_lifetime(cc.as_ref(), resp, now) else {
+        let Some(lifetime) = self.freshness_lifetime(cc.as_ref(), resp, now, ttl) else {
             return custom(reason::NO_LIFETIME);
         };
         // The entry is admitted now (pingora orders Vary variants and purges by admission time),
@@ -169,7 +192,11 @@ impl CachePolicy {
         cc: Option<&CacheControl>,
         resp: &ResponseHeader,
         now: SystemTime,
+        ttl: RuleTtl,
     ) -> Option<Duration> {
+        if ttl.override_ttl.is_some() {
+            return ttl.override_ttl;
+        }
         if directives::freshness_is_unreliable(resp) {
             return Some(Duration::ZERO);
         }
@@ -178,6 +205,9 @@ impl CachePolicy {
         }
         if resp.headers.contains_key("expires") {
             return Some(expires_lifetime(resp, now));
+        }
+        if ttl.default_ttl.is_some() && HEURISTIC_STATUSES.contains(&resp.status.as_u16()) {
+            return ttl.default_ttl;
         }
         self.heuristic_lifetime(resp, now)
     }

@@ -23,14 +23,19 @@ pub enum AcceptEncodingVariance {
     Normalized(&'static str),
 }
 
-/// The variance hash of `req` against a stored response, or `None` when it has no `Vary`.
+/// The variance hash of `req` against a stored response, or `None` when it has no `Vary` and
+/// there are no `key_parts` (extra named values a per-path rule adds to the key).
 pub fn variance(
     meta: &CacheMeta,
     req: &RequestHeader,
     accept_encoding: AcceptEncodingVariance,
+    key_parts: Vec<(String, Vec<u8>)>,
 ) -> Option<HashBinary> {
     let names = vary_names(meta);
     let mut builder = VarianceBuilder::new();
+    for (name, value) in key_parts {
+        builder.add_owned_name_value(name, value);
+    }
     for name in names {
         let value = if name == "accept-encoding" {
             match accept_encoding {
@@ -103,7 +108,7 @@ mod tests {
     #[test]
     fn variants_follow_listed_headers_only() {
         let meta = meta_with_vary("Accept-Language");
-        let variance = |meta: &CacheMeta, req: &RequestHeader| variance(meta, req, IGNORED);
+        let variance = |meta: &CacheMeta, req: &RequestHeader| variance(meta, req, IGNORED, Vec::new());
         let en = variance(&meta, &req(&[("accept-language", "en")]));
         let fr = variance(&meta, &req(&[("accept-language", "fr")]));
         let en_other = variance(&meta, &req(&[("accept-language", "en"), ("user-agent", "x")]));
@@ -119,11 +124,13 @@ mod tests {
             &meta,
             &req(&[("x-device", "a,b"), ("accept-language", "en")]),
             IGNORED,
+            Vec::new(),
         );
         let b = variance(
             &meta,
             &req(&[("x-device", "a, b"), ("accept-language", "en")]),
             IGNORED,
+            Vec::new(),
         );
         assert_eq!(a, b);
     }
@@ -132,8 +139,15 @@ mod tests {
     fn accept_encoding_is_ignored_or_normalised() {
         let meta = meta_with_vary("Accept-Encoding");
         let gzip = req(&[("accept-encoding", "gzip")]);
-        assert_eq!(variance(&meta, &gzip, IGNORED), None);
-        let normalized = |value| variance(&meta, &gzip, AcceptEncodingVariance::Normalized(value));
+        assert_eq!(variance(&meta, &gzip, IGNORED, Vec::new()), None);
+        let normalized = |value| {
+            variance(
+                &meta,
+                &gzip,
+                AcceptEncodingVariance::Normalized(value),
+                Vec::new(),
+            )
+        };
         assert_ne!(normalized("gzip"), normalized("br, gzip"));
         assert_eq!(normalized("gzip"), normalized("gzip"));
     }
@@ -143,7 +157,7 @@ mod tests {
     #[test]
     fn accept_lists_ignore_order_and_case() {
         let meta = meta_with_vary("Accept-Language");
-        let of = |value| variance(&meta, &req(&[("accept-language", value)]), IGNORED);
+        let of = |value| variance(&meta, &req(&[("accept-language", value)]), IGNORED, Vec::new());
         assert_eq!(of("en, fr"), of("fr, en"));
         assert_eq!(of("en, fr"), of("EN,fr"));
         assert_eq!(of("en;q=0.5, fr"), of("fr, en; q=0.5"));
@@ -156,6 +170,6 @@ mod tests {
         header.insert_header("x", "y").unwrap();
         let now = SystemTime::now();
         let meta = CacheMeta::new(now, now, 0, 0, header);
-        assert_eq!(variance(&meta, &req(&[]), IGNORED), None);
+        assert_eq!(variance(&meta, &req(&[]), IGNORED, Vec::new()), None);
     }
 }

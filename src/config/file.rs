@@ -397,6 +397,123 @@ pub struct SiteSection {
     /// caches further down; RFC 9213).
     #[serde(default)]
     pub strip_cdn_cache_control: bool,
+    /// Per-path rules, first match wins (`[[site.route]]`).
+    #[serde(default)]
+    pub route: Vec<RouteSection>,
+}
+
+/// One `[[site.route]]`: which requests it matches and what it changes for them. Every key
+/// but the matchers is optional; what a route leaves out, the site decides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Shown in metrics and the access log (default: the route's index).
+    pub name: Option<String>,
+    /// Matches paths starting with this.
+    pub path_prefix: Option<String>,
+    /// Matches this path exactly.
+    pub path: Option<String>,
+    /// Matches paths this regular expression finds a match in.
+    pub path_regex: Option<String>,
+    /// Matches only these methods.
+    pub methods: Option<Vec<String>>,
+    /// Its own origin pool (else the site's).
+    pub origins: Option<Vec<OriginSpec>>,
+    /// How requests are spread over its origins.
+    pub lb: Option<LbPolicy>,
+    /// Retries on other origins of its pool.
+    pub retries: Option<usize>,
+    /// Active health checks of its pool.
+    pub health_check: Option<HealthCheckSection>,
+    /// Timeout to connect to its origins.
+    pub connect_timeout: Option<HumanDuration>,
+    /// Timeout of each read from its origins.
+    pub read_timeout: Option<HumanDuration>,
+    /// Timeout of each write to its origins.
+    pub write_timeout: Option<HumanDuration>,
+    /// `false`: never looked up in nor stored in the cache.
+    pub cache: Option<bool>,
+    /// Freshness of responses that carry none (no `Cache-Control` freshness, no `Expires`).
+    pub default_ttl: Option<HumanDuration>,
+    /// Freshness of every storable response, whatever the origin says.
+    pub override_ttl: Option<HumanDuration>,
+    /// What of the query string the cache key holds.
+    pub query: Option<QuerySection>,
+    /// Request headers whose values are part of the cache key.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    /// Cookies whose values are part of the cache key.
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
+    /// Removed from the start of the path before the request goes to the origin.
+    pub strip_prefix: Option<String>,
+    /// Edits of the request sent to the origin.
+    pub request_headers: Option<HeaderEditsSection>,
+    /// Edits of the response sent to the client.
+    pub response_headers: Option<HeaderEditsSection>,
+    /// Requests allowed per client and period; beyond: 429.
+    pub rate_limit: Option<RateLimitSection>,
+    /// Answer with a redirect instead of proxying.
+    pub redirect: Option<RedirectSection>,
+}
+
+/// `query = "keep" | "sort" | "ignore"` or `{ keep = [...] }` / `{ drop = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum QuerySection {
+    /// `keep`, `sort` or `ignore`.
+    Mode(String),
+    /// Only these parameters (`*` wildcards), or all but these.
+    Lists {
+        /// Parameters kept; the others are left out of the key.
+        keep: Option<Vec<String>>,
+        /// Parameters left out of the key.
+        drop: Option<Vec<String>>,
+    },
+}
+
+/// `{ set = { "Name" = "value" }, remove = ["Name"] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsSection {
+    /// Headers set (replacing any value).
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `{ requests = 100, per = "1s", key = "client_ip" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period.
+    pub per: HumanDuration,
+    /// `client_ip` (default), or `header:<name>` to count by a header a trusted front sets.
+    #[serde(default = "client_ip")]
+    pub key: String,
+}
+
+fn client_ip() -> String {
+    "client_ip".into()
+}
+
+/// `{ to = "https://example.com/new", status = 301 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSection {
+    /// The `Location`.
+    pub to: String,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "moved_permanently")]
+    pub status: u16,
+}
+
+fn moved_permanently() -> u16 {
+    301
 }
 
 /// `[demo]`: a sample origin inside the binary, so the proxy can be tried with nothing else running.

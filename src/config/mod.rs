@@ -10,6 +10,7 @@ mod error;
 mod file;
 mod model;
 mod resolve;
+mod routes;
 pub mod units;
 mod validate;
 

@@ -282,6 +282,157 @@ pub struct SiteSettings {
     pub strip_request_headers: Vec<http::HeaderName>,
     /// `CDN-Cache-Control` is removed from responses to clients.
     pub strip_cdn_cache_control: bool,
+    /// Per-path rules, in order: the first that matches applies.
+    pub routes: Vec<RouteSettings>,
+}
+
+/// Validated `[[site.route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// `name`, else the route's index.
+    pub name: String,
+    /// Which paths it matches.
+    pub path: PathMatch,
+    /// Which methods it matches (None: all).
+    pub methods: Option<Vec<http::Method>>,
+    /// Its own origin pool: the site's settings with the route's origins and overrides.
+    pub pool: Option<Box<SiteSettings>>,
+    /// `Some(false)`: bypass the cache.
+    pub cache: Option<bool>,
+    /// Freshness for responses that carry none.
+    pub default_ttl: Option<Duration>,
+    /// Freshness for every storable response.
+    pub override_ttl: Option<Duration>,
+    /// What of the query the cache key holds.
+    pub query: QueryKey,
+    /// Request headers added to the cache key (lower-case).
+    pub key_headers: Vec<http::HeaderName>,
+    /// Cookies added to the cache key.
+    pub key_cookies: Vec<String>,
+    /// Removed from the start of the path before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Edits of the request to the origin.
+    pub request_headers: HeaderEdits,
+    /// Edits of the response to the client.
+    pub response_headers: HeaderEdits,
+    /// Requests allowed per client and period.
+    pub rate_limit: Option<RateLimitSettings>,
+    /// Answer with this redirect.
+    pub redirect: Option<RedirectSettings>,
+}
+
+/// How a route matches paths.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Every path.
+    Any,
+    /// This path exactly.
+    Exact(String),
+    /// Paths starting with this.
+    Prefix(String),
+    /// Paths this expression finds a match in.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    /// Whether `path` (without the query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Regex(regex) => regex.is_match(path),
+        }
+    }
+}
+
+/// What of the query string goes into the cache key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum QueryKey {
+    /// All of it, as sent.
+    #[default]
+    Keep,
+    /// All parameters, sorted (so their order does not split the cache).
+    Sort,
+    /// None of it.
+    Ignore,
+    /// Only parameters matching these patterns (sorted).
+    Only(Vec<NamePattern>),
+    /// All parameters but those matching these patterns (sorted).
+    Without(Vec<NamePattern>),
+}
+
+/// A parameter name pattern: exact, or with one `*` standing for any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    /// Before the `*` (the whole name when there is none).
+    pub prefix: String,
+    /// After the `*` (None: no `*`).
+    pub suffix: Option<String>,
+}
+
+impl NamePattern {
+    /// The pattern written as `text`.
+    pub fn new(text: &str) -> NamePattern {
+        match text.split_once('*') {
+            Some((prefix, suffix)) => NamePattern {
+                prefix: prefix.to_string(),
+                suffix: Some(suffix.to_string()),
+            },
+            None => NamePattern {
+                prefix: text.to_string(),
+                suffix: None,
+            },
+        }
+    }
+
+    /// Whether `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.suffix {
+            None => name == self.prefix,
+            Some(suffix) => {
+                name.len() >= self.prefix.len() + suffix.len()
+                    && name.starts_with(self.prefix.as_str())
+                    && name.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+/// Header edits: set (replace) and remove.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// Set, replacing any value.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Removed.
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A validated rate limit.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period.
+    pub per: Duration,
+    /// Counted by the value of this request header (None: by client address).
+    pub header: Option<http::HeaderName>,
+}
+
+/// A validated redirect.
+#[derive(Debug, Clone)]
+pub struct RedirectSettings {
+    /// `Location`.
+    pub to: http::HeaderValue,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
 }
 
 /// One validated origin.

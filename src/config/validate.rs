@@ -49,7 +49,9 @@ pub(super) fn freeze(file: FileConfig, at: &Locator) -> Result<Config, ConfigErr
     let mut sites = Vec::with_capacity(file.sites.len());
     for (index, site) in file.sites.iter().enumerate() {
         check_site_bounds(site, index, at)?;
-        sites.push(freeze_site(site, index, at)?);
+        let mut settings = freeze_site(site, index, at)?;
+        settings.routes = super::routes::freeze_routes(&site.route, &settings, index, at)?;
+        sites.push(settings);
     }
     let access_log_path = match server.access_log_path.as_str() {
         "stdout" | "stderr" => PathBuf::from(&server.access_log_path),
@@ -495,6 +497,7 @@ fn freeze_site(site: &SiteSection, index: usize, at: &Locator) -> Result<SiteSet
         hsts: site_hsts(site, index, at)?,
         strip_request_headers: strip_request_headers(site, index, at)?,
         strip_cdn_cache_control: site.strip_cdn_cache_control,
+        routes: Vec::new(),
     })
 }
 
@@ -533,7 +536,7 @@ fn site_hsts(
     }
 }
 
-fn freeze_origin(origin: &OriginSpec) -> Result<OriginSettings, String> {
+pub(super) fn freeze_origin(origin: &OriginSpec) -> Result<OriginSettings, String> {
     let (addr, weight, backup) = match origin {
         OriginSpec::Addr(addr) => (addr.as_str(), 1, false),
         OriginSpec::Table(table) => (table.addr.as_str(), table.weight, table.backup),
@@ -548,7 +551,9 @@ fn freeze_origin(origin: &OriginSpec) -> Result<OriginSettings, String> {
     })
 }
 
-fn freeze_health_check(check: &HealthCheckSection) -> Result<HealthCheckSettings, (&'static str, String)> {
+pub(super) fn freeze_health_check(
+    check: &HealthCheckSection,
+) -> Result<HealthCheckSettings, (&'static str, String)> {
     if check.interval.0.is_zero() {
         return Err(("interval", "must be greater than zero".into()));
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::runtime::{Runtime, Site};
+use crate::runtime::{Route as Rule, Runtime, Site};
 
 use crate::cache::CacheTarget;
 use crate::compression::stream::StreamEncoder;
@@ -47,6 +47,11 @@ impl RequestCtx {
     pub fn site(&self) -> Option<&Site> {
         self.route.site.and_then(|i| self.runtime.sites.get(i))
     }
+
+    /// The `[[site.route]]` rule that matched the request, if any.
+    pub fn rule(&self) -> Option<&Rule> {
+        self.site()?.routes.get(self.route.rule?)
+    }
 }
 
 /// The request's way through the cluster.
@@ -65,6 +70,8 @@ pub struct ClusterTrace {
 pub struct Route {
     /// Index of the site serving the request.
     pub site: Option<usize>,
+    /// Index of the site's rule that matched it.
+    pub rule: Option<usize>,
     /// `https` when the request came over TLS, else `http`.
     pub scheme: &'static str,
     /// An authorised `PURGE` of the target URL.

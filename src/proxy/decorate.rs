@@ -88,7 +88,8 @@ pub fn cache_status_header(name: &str, session: &Session, ctx: &RequestCtx, outc
             .map(remaining_ttl),
         fwd_status: ctx.upstream.status,
         stored,
-        detail: None,
+        detail: (super::rules::overrides_ttl(ctx) && (stored || outcome.served_from_cache()))
+            .then_some("override"),
     }
     .render()
 }

@@ -20,6 +20,7 @@ pub mod record;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -212,7 +213,8 @@ impl ProxyHttp for EdgeProxy {
         } else {
             vary::AcceptEncodingVariance::Normalized(ctx.encoding.accepted.header_value())
         };
-        let variance = vary::variance(meta, req, accept_encoding);
+        let key_parts = rules::key_parts(req, ctx);
+        let variance = vary::variance(meta, req, accept_encoding, key_parts);
         ctx.cache.vary_lookup |= variance.is_some();
         variance
     }
@@ -246,6 +248,7 @@ impl ProxyHttp for EdgeProxy {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let version = session.req_header().version;
         headers::prepare_for_origin(upstream_request, ctx, client_ip, version)?;
+        rules::rewrite_for_origin(upstream_request, ctx)?;
         encoding::origin_codings(upstream_request, session.cache.enabled(), ctx)?;
         peer::sign_forwarded(upstream_request, ctx)
     }
@@ -270,10 +273,10 @@ impl ProxyHttp for EdgeProxy {
             self.refresh_failed(ctx);
         }
         let now = SystemTime::now();
-        let decision = ctx
-            .runtime
-            .policy
-            .response_cacheability(session.req_header(), resp, now);
+        let decision =
+            ctx.runtime
+                .policy
+                .response_cacheability_under(session.req_header(), resp, now, rules::ttl(ctx));
         let decision = peer::cap_peer_copy(decision, ctx);
         ctx.cache.storable = decision.is_cacheable();
         Ok(decision)
@@ -290,7 +293,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream.header_elapsed = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
         if let (Some(site), Some(addr), false) = (ctx.site(), &ctx.upstream.addr, peer::is_forwarded(ctx)) {
-            site.origins.record(addr, resp.status.as_u16() < 500);
+            site.pool(ctx.route.rule).record(addr, resp.status.as_u16() < 500);
         }
         headers::strip_response_hop_by_hop(resp);
         peer::date_relayed_fill(resp, ctx);
@@ -334,6 +337,7 @@ impl ProxyHttp for EdgeProxy {
             self.refresh_failed(ctx);
         }
         decorate::decorate(session, resp, ctx, &self.cache.status_name)?;
+        rules::edit_response(resp, ctx)?;
         peer::mark_fetched(session, resp, ctx)?;
         if let Some(target) = &ctx.route.target {
             invalidation::invalidate_after_unsafe(self.cache.storage, target, session.req_header(), resp);

@@ -168,6 +168,7 @@ pub async fn serve_endpoint(
         ("GET", HEALTH_PATH) => respond_text(session, 200, "ok\n").await?,
         ("POST", PURGE_PATH) => match purge::parse_purge_request(&body) {
             Ok(request) => {
+                let request = ctx.runtime.keyed_purge(request);
                 let purged = request.apply(endpoints.storage);
                 request
                     .report(purged, PurgeVia::Peer(&peer))

@@ -28,6 +28,7 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
         hit: outcome.is_some_and(CacheOutcome::served_from_cache),
         lookup: ctx.cache.enabled,
         coalesced: session.cache.lock_duration().is_some(),
+        route: ctx.rule().map(|rule| rule.settings.name.as_str()),
     };
     metrics.observe(site_metrics, &sample);
     let Some(log) = &ctx.runtime.access_log else {
@@ -50,6 +51,7 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
         upstream_ms: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0),
         total_ms: total.as_secs_f64() * 1000.0,
         error: error.map(|e| e.to_string()),
+        route: sample.route,
     });
 }
 

@@ -53,6 +53,27 @@ pub async fn redirect_to_https(session: &mut Session, host: &str, https_port: Op
     .await
 }
 
+/// Answers with a rule's redirect: `status` and `Location: to`.
+pub async fn redirect(session: &mut Session, status: u16, to: http::HeaderValue) -> Result<()> {
+    let location = String::from_utf8_lossy(to.as_bytes()).into_owned();
+    let headers = vec![(http::header::LOCATION, location)];
+    respond_locally(session, status, headers, "", Connection::Keep).await
+}
+
+/// Answers 429 to a client over a rule's rate limit; it may try again after `wait`.
+pub async fn too_many_requests(session: &mut Session, wait: std::time::Duration) -> Result<()> {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let headers = vec![
+        (http::header::RETRY_AFTER, seconds.to_string()),
+        (
+            http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8".to_string(),
+        ),
+    ];
+    let body = "too many requests: slow down and retry later\n";
+    respond_locally(session, 429, headers, body, Connection::Keep).await
+}
+
 /// Whether the client connection stays open after a locally generated response.
 pub enum Connection {
     /// Keep-alive as the client asked.

@@ -9,7 +9,7 @@ use pingora::{Error, ErrorType, OkOrErr, Result};
 use super::ctx::RequestCtx;
 use super::errors::{is_client_fault, NO_HEALTHY_ORIGIN};
 
-/// The origin of the request's site to try next (not one tried already). "No origin" is an
+/// The origin of the request's site (or its rule's pool) to try next (not one tried already). "No origin" is an
 /// upstream error, so a stale copy can still be served; after a failed attempt, the failure
 /// that made the request look for another origin is what the client hears about.
 pub fn next_origin(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -21,10 +21,13 @@ pub fn next_origin(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .target
         .as_ref()
         .map_or(&[][..], |t| t.path_and_query.as_bytes());
-    let peer = site.origins.select(key, &ctx.upstream.tried).ok_or_else(|| {
-        let etype = ctx.upstream.last_error.clone().unwrap_or(NO_HEALTHY_ORIGIN);
-        Error::explain(etype, "no usable origin").into_up()
-    })?;
+    let peer = site
+        .pool(ctx.route.rule)
+        .select(key, &ctx.upstream.tried)
+        .ok_or_else(|| {
+            let etype = ctx.upstream.last_error.clone().unwrap_or(NO_HEALTHY_ORIGIN);
+            Error::explain(etype, "no usable origin").into_up()
+        })?;
     ctx.upstream.started = Some(Instant::now());
     ctx.cache.fill_start.start();
     let addr = peer._address.to_string();
@@ -53,8 +56,9 @@ pub fn after_connect_failure(e: &mut Error, origin: &str, idempotent: bool, ctx:
     }
     ctx.upstream.last_error = Some(e.etype().clone());
     let Some(site) = ctx.site() else { return };
-    site.origins.record(origin, false);
-    let retries_left = ctx.upstream.tried.len() <= site.origins.retries;
+    let pool = site.pool(ctx.route.rule);
+    pool.record(origin, false);
+    let retries_left = ctx.upstream.tried.len() <= pool.retries;
     if retries_left && idempotent {
         e.set_retry(true);
     }
@@ -86,8 +90,9 @@ pub fn after_proxy_failure(e: &mut Error, failure: &ProxyFailure, ctx: &mut Requ
         return;
     }
     let Some(site) = ctx.site() else { return };
-    site.origins.record(failure.origin, false);
-    let within_budget = ctx.upstream.tried.len() <= site.origins.retries;
+    let pool = site.pool(ctx.route.rule);
+    pool.record(failure.origin, false);
+    let within_budget = ctx.upstream.tried.len() <= pool.retries;
     let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
     e.set_retry(no_response_yet && within_budget && !timed_out);
 }

@@ -1,5 +1,6 @@
-//! Routing a request: its site by host, its cache target, and the answers that end it early
-//! (400 for a bad host, 404 for an unknown one, 308 to HTTPS, a refused `PURGE`).
+//! Routing a request: its site by host, its rule by path, its cache target, and the answers
+//! that end it early (400 for a bad host, 404 for an unknown one, 308 to HTTPS, a rule's
+//! redirect, 429 over a rule's rate limit, a refused `PURGE`).
 
 use pingora::proxy::Session;
 use pingora::Result;
@@ -10,6 +11,7 @@ use crate::authority;
 use crate::cache::CacheTarget;
 use crate::compression::Accepted;
 use crate::purge;
+use crate::runtime::{self, Route};
 
 /// Decides the request's site and cache target; answers 400/404 itself when there is none.
 /// An HTTP/1.0 request may omit `Host`: it goes to the default site, uncached.
@@ -51,18 +53,56 @@ pub async fn route(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> 
     ctx.route.scheme = scheme;
     ctx.encoding.compress = settings.compress;
     ctx.encoding.accepted = Accepted::of_request(session.req_header());
+    let req = session.req_header();
+    let rule = runtime::first_match(&runtime.sites[site].routes, &req.method, req.uri.path());
+    ctx.route.rule = rule;
+    let query = rule.map(|i| &runtime.sites[site].routes[i].settings.query);
     ctx.route.target = match (&host, authority) {
         (Some(host), Some(authority)) => {
-            CacheTarget::with_authority(session.req_header(), scheme, host.clone(), authority)
+            CacheTarget::with_authority(session.req_header(), scheme, host.clone(), authority).map(|target| {
+                match query {
+                    Some(query) => target.with_query_key(query),
+                    None => target,
+                }
+            })
         }
         _ => None,
     };
+    if let Some(rule) = rule.map(|i| &runtime.sites[site].routes[i]) {
+        if apply_rule(session, rule).await? {
+            return Ok(true);
+        }
+    }
     if session.req_header().method.as_str() == "PURGE" {
         return authorise_purge(session, ctx).await;
     }
     if let (Some(host), "http", true) = (&host, scheme, settings.redirect_https) {
         respond::redirect_to_https(session, host, runtime.https_port).await?;
         return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Answers the request itself when its rule says so: a redirect, or 429 over the rate limit.
+async fn apply_rule(session: &mut Session, rule: &Route) -> Result<bool> {
+    if let Some(redirect) = &rule.settings.redirect {
+        respond::redirect(session, redirect.status, redirect.to.clone()).await?;
+        return Ok(true);
+    }
+    if let Some(limit) = &rule.settings.rate_limit {
+        let req = session.req_header();
+        let client = match &limit.header {
+            Some(name) => req.headers.get(name).map(|v| v.as_bytes().to_vec()),
+            None => None,
+        };
+        let client = client.unwrap_or_else(|| {
+            let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+            ip.map(|ip| ip.to_string().into_bytes()).unwrap_or_default()
+        });
+        if let Err(wait) = rule.admit(&client) {
+            respond::too_many_requests(session, wait).await?;
+            return Ok(true);
+        }
     }
     Ok(false)
 }
@@ -91,7 +131,8 @@ pub fn cache_use(session: &mut Session, ctx: &RequestCtx) -> Option<bool> {
         session.req_header().method,
         http::Method::GET | http::Method::HEAD
     ) || ctx.route.purge;
-    let site_caches = ctx.site().is_some_and(|s| s.settings.cache);
+    let site_caches = ctx.site().is_some_and(|s| s.settings.cache)
+        && ctx.rule().is_none_or(|r| r.settings.cache != Some(false));
     if !cacheable_method || !site_caches || ctx.route.target.is_none() {
         return None;
     }

@@ -6,6 +6,7 @@
 //! listener are fixed for the life of the process.
 
 mod router;
+mod routes;
 mod via;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::config::{Config, SiteSettings};
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::upstream::{HealthEvents, OriginPool};
 pub use router::Router;
+pub use routes::{first_match, Route};
 pub use via::Via;
 
 /// One site at run time: its settings and its origin pool.
@@ -31,6 +33,18 @@ pub struct Site {
     pub origins: Arc<OriginPool>,
     /// Its request metrics.
     pub metrics: SiteMetrics,
+    /// Its per-path rules, in order.
+    pub routes: Vec<Route>,
+}
+
+impl Site {
+    /// The origins requests under `route` (an index into `routes`) go to.
+    pub fn pool(&self, route: Option<usize>) -> &Arc<OriginPool> {
+        route
+            .and_then(|i| self.routes.get(i))
+            .and_then(|r| r.origins.as_ref())
+            .unwrap_or(&self.origins)
+    }
 }
 
 /// Everything a reload replaces.
@@ -79,10 +93,16 @@ impl Runtime {
         let mut sites = Vec::with_capacity(config.sites.len());
         for settings in &config.sites {
             let name = settings.hosts.first().map_or("default", String::as_str);
+            let routes = settings
+                .routes
+                .iter()
+                .map(|route| Route::new(route, events))
+                .collect::<std::io::Result<_>>()?;
             sites.push(Site {
                 settings: settings.clone(),
                 origins: Arc::new(OriginPool::new(settings, events)?),
                 metrics: metrics.site(name),
+                routes,
             });
         }
         Ok(Runtime {
@@ -122,9 +142,34 @@ impl Runtime {
         })
     }
 
-    /// The origin pools of every site (what the health checker checks).
+    /// `purge` as the cache keys hold its URL: a URL purge's query reduced as the matching
+    /// `[[site.route]]` rule reduces it in keys (so purging `/a?utm_source=x` finds `/a`).
+    pub fn keyed_purge(&self, mut purge: crate::purge::Purge) -> crate::purge::Purge {
+        if let crate::purge::PurgeScope::Url { host, path, .. } = &mut purge.scope {
+            let Some(site) = self.router.route(host).map(|i| &self.sites[i]) else {
+                return purge;
+            };
+            let bare = path.split('?').next().unwrap_or_default();
+            if let Some(rule) = first_match(&site.routes, &http::Method::GET, bare) {
+                let keyed = crate::cache::key::normalize_query(path, &site.routes[rule].settings.query);
+                *path = keyed.into_owned();
+            }
+        }
+        purge
+    }
+
+    /// The origin pools of every site and route (what the health checker checks).
     pub fn pools(&self) -> Vec<Arc<OriginPool>> {
-        self.sites.iter().map(|s| s.origins.clone()).collect()
+        let routes = self
+            .sites
+            .iter()
+            .flat_map(|s| &s.routes)
+            .filter_map(|r| r.origins.clone());
+        self.sites
+            .iter()
+            .map(|s| s.origins.clone())
+            .chain(routes)
+            .collect()
     }
 }
 
