@@ -226,8 +226,56 @@ fn purge_scan(c: &mut Criterion) {
     group.finish();
 }
 
+/// A site with `n` rules: prefixes and exact paths, every eighth a regex.
+fn routed_site(n: usize) -> Vec<edgecache::runtime::Route> {
+    let mut text = String::from(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[site]]\nhosts = [\"a.example\"]\norigins = [\"127.0.0.1:2\"]\n",
+    );
+    for i in 0..n {
+        let matcher = match i % 8 {
+            7 => format!("path_regex = \"^/r{i}/.*\\\\.(png|jpg)$\""),
+            k if k % 2 == 0 => format!("path_prefix = \"/section{i}/\""),
+            _ => format!("path = \"/page{i}\""),
+        };
+        text.push_str(&format!(
+            "[[site.route]]\n{matcher}\nquery = {{ drop = [\"utm_*\", \"fbclid\"] }}\n"
+        ));
+    }
+    let config = Config::parse(&text, std::path::Path::new("bench.toml")).unwrap();
+    let events = edgecache::upstream::health_events();
+    config.sites[0]
+        .routes
+        .iter()
+        .map(|r| edgecache::runtime::Route::new(r, &events).unwrap())
+        .collect()
+}
+
+/// One iteration: find the rule of a request among 32 (the last one matches, or none does),
+/// and reduce a query the way a `drop` rule does for the key.
+fn route_matching(c: &mut Criterion) {
+    let routes = routed_site(32);
+    let get = http::Method::GET;
+    c.bench_function("route match, last of 32 rules", |b| {
+        b.iter(|| edgecache::runtime::first_match(black_box(&routes), &get, black_box("/r31/photo.png")))
+    });
+    c.bench_function("route match, none of 32 rules", |b| {
+        b.iter(|| edgecache::runtime::first_match(black_box(&routes), &get, black_box("/nowhere/at/all")))
+    });
+    let query = edgecache::config::QueryKey::Without(vec![
+        edgecache::config::NamePattern::new("utm_*"),
+        edgecache::config::NamePattern::new("fbclid"),
+    ]);
+    c.bench_function("query key, drop utm_* of 4 parameters", |b| {
+        b.iter(|| {
+            edgecache::cache::key::normalize_query(black_box("/a?utm_source=x&v=1&fbclid=y&b=2"), &query)
+                .len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    route_matching,
     key_derivation,
     cacheability,
     storage,
