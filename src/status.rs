@@ -150,6 +150,9 @@ pub struct SiteStatus {
 pub struct OriginStatus {
     /// `host:port`.
     pub addr: String,
+    /// The `[[site.route]]` rule whose own pool it is in (absent: the site's pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// A backup origin.
     pub backup: bool,
     /// Usable now.

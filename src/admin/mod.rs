@@ -66,25 +66,31 @@ fn cluster_status(cluster: &Cluster) -> ClusterStatus {
 
 /// How `/status` and `/metrics` show `site`; `history` knows when its origins changed health.
 fn site_status(site: &Site, history: &History) -> SiteStatus {
-    let origins = site.origins.health().into_iter();
     let not_after = site.settings.tls.as_ref().map(|c| c.not_after);
     let name = site.settings.hosts.first().map_or("default", String::as_str);
+    let route_pools = site
+        .routes
+        .iter()
+        .filter_map(|r| Some((Some(r.settings.name.as_str()), r.origins.as_ref()?)));
+    let origins = std::iter::once((None, &site.origins))
+        .chain(route_pools)
+        .flat_map(|(route, pool)| pool.health().into_iter().map(move |o| (route, o)))
+        .map(|(route, o)| OriginStatus {
+            health_since: history
+                .health_changed(name, &o.addr)
+                .map(crate::access_log::rfc3339),
+            addr: o.addr,
+            route: route.map(str::to_string),
+            backup: o.backup,
+            healthy: o.healthy,
+            failures: o.failures,
+            last_failure: o.last_failure.map(crate::access_log::rfc3339),
+        });
     SiteStatus {
         name: name.to_string(),
         hosts: site.settings.hosts.clone(),
         default: site.settings.default,
-        origins: origins
-            .map(|o| OriginStatus {
-                health_since: history
-                    .health_changed(name, &o.addr)
-                    .map(crate::access_log::rfc3339),
-                addr: o.addr,
-                backup: o.backup,
-                healthy: o.healthy,
-                failures: o.failures,
-                last_failure: o.last_failure.map(crate::access_log::rfc3339),
-            })
-            .collect(),
+        origins: origins.collect(),
         certificate_expires: not_after.map(crate::access_log::rfc3339),
         certificate_not_after: not_after,
     }

@@ -177,7 +177,8 @@ function renderSites(sites) {
     for (const origin of site.origins) {
       const row = document.createElement("tr");
       cell(row, name + (site.default ? " (default)" : ""));
-      cell(row, origin.addr + (origin.backup ? " (backup)" : ""));
+      const pool = origin.route ? " (route " + origin.route + ")" : "";
+      cell(row, origin.addr + (origin.backup ? " (backup)" : "") + pool);
       cell(row, origin.healthy ? "up" : "down", origin.healthy ? "up" : "down");
       cell(row, origin.health_since ? formatTime(origin.health_since) : "start");
       cell(row, formatNumber(origin.failures));
