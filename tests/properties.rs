@@ -162,6 +162,50 @@ proptest! {
     }
 
     #[test]
+    fn query_keys_are_idempotent_and_never_panic(
+        path in "/[a-z/]{0,12}(\\?[a-z_=&*%0-9]{0,40})?",
+        patterns in prop::collection::vec("[a-z_*]{1,6}", 0..3),
+    ) {
+        use edgecache::cache::key::normalize_query;
+        use edgecache::config::{NamePattern, QueryKey};
+        let names: Vec<NamePattern> = patterns.iter().map(|p| NamePattern::new(p)).collect();
+        let modes = [
+            QueryKey::Keep,
+            QueryKey::Sort,
+            QueryKey::Ignore,
+            QueryKey::Only(names.clone()),
+            QueryKey::Without(names),
+        ];
+        prop_assert_eq!(normalize_query(&path, &QueryKey::Keep), path.as_str());
+        for mode in modes {
+            let once = normalize_query(&path, &mode).into_owned();
+            prop_assert!(once.starts_with(path.split('?').next().unwrap()), "{}", once);
+            prop_assert_eq!(normalize_query(&once, &mode), once.as_str(), "{:?}", mode);
+        }
+    }
+
+    #[test]
+    fn route_rules_parse_or_name_their_key(
+        key in prop::sample::select(vec![
+            "path", "path_prefix", "path_regex", "methods", "query", "key_headers", "strip_prefix",
+            "default_ttl", "rate_limit", "redirect", "response_headers",
+        ]),
+        value in prop_oneof![
+            "\"[ -~]{0,16}\"",
+            "\\[\"[ -~]{0,8}\"\\]",
+            "\\{ ?(to|requests|set|keep|drop) = (\"[ -~]{0,8}\"|[0-9]{1,3}|\\[\"[a-z_*]{0,5}\"\\]) ?\\}",
+        ],
+    ) {
+        let text = format!(
+            "[[site]]\nhosts = [\"a.test\"]\norigins = [\"127.0.0.1:1\"]\n[[site.route]]\n{key} = {value}\n"
+        );
+        if let Err(e) = Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+            let message = e.to_string();
+            prop_assert!(message.starts_with("fuzz.toml:"), "{}", message);
+        }
+    }
+
+    #[test]
     fn purge_bodies_never_panic(body in prop_oneof![
         "[ -~]{0,80}",
         "\\{\"(url|prefix|host|tag|soft)\": ?(\"[ -~]{0,30}\"|true|false|1|null)\\}",
