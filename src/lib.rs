@@ -5,7 +5,9 @@
 //! on shutdown). A request then moves through these phases (see [`proxy::EdgeProxy`]):
 //!
 //! 1. `request_filter`: route by `Host` to a site ([`proxy::route`], hosts read by
-//!    [`authority`], sites by [`runtime::Router`]); 400/404 otherwise.
+//!    [`authority`], sites by [`runtime::Router`]); 400/404 otherwise; then by path to the
+//!    site's first matching `[[site.route]]` rule ([`runtime::first_match`], applied by
+//!    [`proxy::rules`]: redirects, rate limits, key shape, rewrites, header edits).
 //! 2. `request_cache_filter` / `cache_key_callback`: enable the cache for GET/HEAD
 //!    ([`cache::CacheEngine`]) and derive the key from scheme, host, path and query
 //!    ([`cache::key`]).

@@ -9,6 +9,7 @@
 mod error;
 mod file;
 mod model;
+mod origins;
 mod resolve;
 mod routes;
 pub mod units;

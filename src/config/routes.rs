@@ -185,7 +185,7 @@ fn route_pool(
         .iter()
         .enumerate()
         .map(|(i, spec)| {
-            super::validate::freeze_origin(spec).map_err(|m| at.error(&key(&format!("origins[{i}]")), m))
+            super::origins::freeze_origin(spec).map_err(|m| at.error(&key(&format!("origins[{i}]")), m))
         })
         .collect::<Result<_, _>>()?;
     if pool.origins.iter().all(|o| o.backup) {
@@ -198,7 +198,7 @@ fn route_pool(
         pool.retries = retries;
     }
     if let Some(check) = &section.health_check {
-        let frozen = super::validate::freeze_health_check(check)
+        let frozen = super::origins::freeze_health_check(check)
             .map_err(|(field, m)| at.error(&key(&format!("health_check.{field}")), m))?;
         pool.health_check = Some(frozen);
     }
