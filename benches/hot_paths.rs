@@ -49,13 +49,22 @@ fn cacheability(c: &mut Criterion) {
     });
 }
 
+/// The header of a typical static response from nginx (eight fields).
 fn meta() -> CacheMeta {
     let now = SystemTime::now();
     let mut header = ResponseHeader::build(200, None).unwrap();
-    header
-        .insert_header("cache-control", "public, max-age=3600")
-        .unwrap();
-    header.insert_header("content-length", "1024").unwrap();
+    for (name, value) in [
+        ("server", "nginx/1.22.1"),
+        ("date", "Mon, 30 Nov 2026 18:00:00 GMT"),
+        ("content-type", "application/octet-stream"),
+        ("content-length", "1024"),
+        ("last-modified", "Mon, 30 Nov 2026 17:00:00 GMT"),
+        ("etag", "\"6761f0a4-400\""),
+        ("accept-ranges", "bytes"),
+        ("cache-control", "public, max-age=3600"),
+    ] {
+        header.insert_header(name, value).unwrap();
+    }
     CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
 }
 

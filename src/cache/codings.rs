@@ -13,6 +13,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
+use super::packed_header::PackedHeader;
 use crate::compression::{self, Accepted, Coding, CompressionPolicy, Eligibility};
 
 /// Objects up to this size are worth recompressing at maximum brotli quality in the background
@@ -25,10 +26,27 @@ pub const BACKGROUND_MAX_BYTES: usize = 4 << 20;
 pub struct Representation {
     /// Its content coding.
     pub coding: Coding,
-    /// The response header for this coding (`Content-Encoding`, `Content-Length`, `ETag`).
-    pub header: ResponseHeader,
+    /// The response header for this coding (`Content-Encoding`, `Content-Length`, `ETag`),
+    /// packed: [`Representation::header`] unpacks it.
+    pub packed: PackedHeader,
     /// The body as sent.
     pub body: Bytes,
+}
+
+impl Representation {
+    /// A representation served with `header`.
+    pub fn new(coding: Coding, header: &ResponseHeader, body: Bytes) -> Representation {
+        Representation {
+            coding,
+            packed: PackedHeader::pack(header),
+            body,
+        }
+    }
+
+    /// The header it is served with.
+    pub fn header(&self) -> Result<ResponseHeader> {
+        self.packed.unpack()
+    }
 }
 
 /// All stored codings of one response.
@@ -52,7 +70,7 @@ impl StoredCodings {
     pub fn single(header: ResponseHeader, body: Bytes) -> StoredCodings {
         let coding = Coding::of_response(&header).unwrap_or(Coding::Identity);
         StoredCodings {
-            primary: Representation { coding, header, body },
+            primary: Representation::new(coding, &header, body),
             gzip: None,
             brotli: None,
             origin_coding: coding,
@@ -120,7 +138,7 @@ impl StoredCodings {
         [Some(&self.primary), self.gzip.as_deref(), self.brotli.as_deref()]
             .into_iter()
             .flatten()
-            .map(|r| r.body.len() + header_weight(&r.header))
+            .map(|r| r.body.len() + r.packed.weight() + PACKED_HEADER_OVERHEAD)
             .sum()
     }
 
@@ -136,7 +154,7 @@ impl StoredCodings {
 
     /// The same codings with a final, maximum-quality brotli body.
     pub fn with_final_brotli(&self, body: Bytes) -> Result<StoredCodings> {
-        self.reassemble(&self.primary.header, Coding::Identity, Some(body), false)
+        self.reassemble(&self.primary.header()?, Coding::Identity, Some(body), false)
     }
 
     /// The codings rebuilt from `served` (the header of the `served_coding` representation) and
@@ -166,10 +184,9 @@ impl StoredCodings {
     /// Whether the origin's ETag is weak (the identity representation keeps its weakness).
     fn origin_etag_weak(&self) -> bool {
         self.primary
-            .header
-            .headers
-            .get(http::header::ETAG)
-            .is_some_and(|v| v.as_bytes().starts_with(b"W/"))
+            .packed
+            .get("etag")
+            .is_some_and(|v| v.starts_with(b"W/"))
     }
 
     /// Whether the proxy derived codings for this response (and added `Vary: Accept-Encoding`).
@@ -190,7 +207,7 @@ impl StoredCodings {
             header.remove_header(&http::header::TRANSFER_ENCODING);
             header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
             compression::add_vary_accept_encoding(&mut header)?;
-            Ok(Representation { coding, header, body })
+            Ok(Representation::new(coding, &header, body))
         };
         Ok(StoredCodings {
             primary: represent(Coding::Identity, bodies.identity, false)?,
@@ -241,17 +258,9 @@ fn origin_form(header: &mut ResponseHeader, served: Coding, origin: Coding, orig
     Ok(())
 }
 
-/// Bookkeeping bytes charged per header field (map slot, name and value handles).
-const HEADER_FIELD_OVERHEAD: usize = 48;
+/// Bookkeeping bytes charged per packed header (its buffer handle, offsets box, status).
+const PACKED_HEADER_OVERHEAD: usize = 64;
 
-/// Bytes a stored header is charged.
-pub fn header_weight(header: &ResponseHeader) -> usize {
-    header
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
-        .sum()
-}
 
 /// The `user_tag` of a request's cache key: whether its site compresses and which codings it
 /// accepts. The storage reads it back with [`parse_user_tag`] to pick a representation.
@@ -316,23 +325,23 @@ mod tests {
         let variants = build(html("\"v1\""), text());
         let identity = variants.select(Accepted::default());
         assert_eq!(identity.coding, Coding::Identity);
-        assert_eq!(identity.header.headers["etag"], "\"v1\"");
+        assert_eq!(identity.header().unwrap().headers["etag"], "\"v1\"");
         let gzip = variants.select(GZIP);
-        assert_eq!(gzip.header.headers["content-encoding"], "gzip");
-        assert_eq!(gzip.header.headers["etag"], "\"v1~gzip\"");
+        assert_eq!(gzip.header().unwrap().headers["content-encoding"], "gzip");
+        assert_eq!(gzip.header().unwrap().headers["etag"], "\"v1~gzip\"");
         assert_eq!(
-            gzip.header.headers["content-length"],
+            gzip.header().unwrap().headers["content-length"],
             gzip.body.len().to_string().as_str()
         );
         let brotli = variants.select(BOTH);
         assert_eq!(brotli.coding, Coding::Brotli);
-        assert_eq!(brotli.header.headers["etag"], "W/\"v1~br\"");
+        assert_eq!(brotli.header().unwrap().headers["etag"], "W/\"v1~br\"");
         for r in [identity, gzip, brotli] {
-            assert_eq!(r.header.headers["vary"], "Accept-Encoding");
+            assert_eq!(r.header().unwrap().headers["vary"], "Accept-Encoding");
             assert_eq!(r.coding.decode(&r.body, 1 << 20).unwrap(), text());
         }
         let upgraded = variants.with_final_brotli(Bytes::from_static(b"x")).unwrap();
-        assert_eq!(upgraded.select(BOTH).header.headers["etag"], "\"v1~br\"");
+        assert_eq!(upgraded.select(BOTH).header().unwrap().headers["etag"], "\"v1~br\"");
         assert!(!upgraded.brotli_upgradable);
     }
 
@@ -343,18 +352,18 @@ mod tests {
         let gzipped = Bytes::from(Coding::Gzip.encode(&text(), 9));
         let variants = build(header, gzipped.clone());
         assert_eq!(variants.select(GZIP).body, gzipped);
-        assert_eq!(variants.select(GZIP).header.headers["etag"], "\"z\"");
+        assert_eq!(variants.select(GZIP).header().unwrap().headers["etag"], "\"z\"");
         let identity = variants.select(Accepted::default());
         assert_eq!(identity.body, text());
-        assert!(identity.header.headers.get("content-encoding").is_none());
-        assert_eq!(identity.header.headers["etag"], "\"z~identity\"");
+        assert!(identity.header().unwrap().headers.get("content-encoding").is_none());
+        assert_eq!(identity.header().unwrap().headers["etag"], "\"z~identity\"");
     }
 
     #[test]
     fn incompressible_or_small_bodies_are_stored_once() {
         let small = build(html("\"s\""), Bytes::from_static(b"tiny"));
         assert!(small.gzip.is_none() && small.brotli.is_none());
-        assert!(small.primary.header.headers.get("vary").is_none());
+        assert!(small.primary.header().unwrap().headers.get("vary").is_none());
         let mut image = ResponseHeader::build(200, None).unwrap();
         image.insert_header("content-type", "image/png").unwrap();
         assert!(build(image, text()).gzip.is_none());
@@ -363,14 +372,14 @@ mod tests {
     #[test]
     fn revalidated_fields_reach_every_coding() {
         let variants = build(html("\"v1\""), text());
-        let mut served = variants.select(GZIP).header.clone();
+        let mut served = variants.select(GZIP).header().unwrap();
         served.insert_header("etag", "\"v1\"").unwrap();
         served.insert_header("x-updated", "yes").unwrap();
         let updated = variants.with_header(&served, Coding::Gzip).unwrap();
-        assert_eq!(updated.select(GZIP).header.headers["etag"], "\"v1~gzip\"");
-        assert_eq!(updated.primary.header.headers["etag"], "\"v1\"");
-        assert_eq!(updated.select(BOTH).header.headers["x-updated"], "yes");
-        assert_eq!(updated.primary.header.headers.get_all("vary").iter().count(), 1);
+        assert_eq!(updated.select(GZIP).header().unwrap().headers["etag"], "\"v1~gzip\"");
+        assert_eq!(updated.primary.header().unwrap().headers["etag"], "\"v1\"");
+        assert_eq!(updated.select(BOTH).header().unwrap().headers["x-updated"], "yes");
+        assert_eq!(updated.primary.header().unwrap().headers.get_all("vary").iter().count(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod failed_refreshes;
 pub mod fill_budget;
 pub mod invalidation;
 pub mod key;
+pub mod packed_header;
 pub mod policy;
 pub mod purge_log;
 pub mod storage;

@@ -27,7 +27,7 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
-use super::codings::{self, StoredCodings};
+use super::codings::{self, Representation, StoredCodings};
 use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::PurgeScope;
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
@@ -161,8 +161,9 @@ impl Entry {
         }
     }
 
-    fn meta(&self, header: &ResponseHeader) -> Result<CacheMeta> {
-        self.meta.with_header(header.clone())
+    /// The entry's meta, served with `representation`'s header.
+    fn meta(&self, representation: &Representation) -> Result<CacheMeta> {
+        self.meta.with_header(representation.header()?)
     }
 
     fn weight(&self) -> u32 {
@@ -413,7 +414,7 @@ impl MokaStorage {
         let Some(entry) = self.entries.get(&hash) else {
             return Ok(false);
         };
-        let mut meta = entry.meta(&entry.codings.primary.header)?;
+        let mut meta = entry.meta(&entry.codings.primary)?;
         meta.expire_at(SystemTime::now());
         self.replace_meta(hash, &meta, None)
     }
@@ -509,7 +510,7 @@ impl Storage for MokaStorage {
         if representation.coding == Coding::Brotli {
             self.queue_upgrade(hash, &entry);
         }
-        let meta = entry.meta(&representation.header)?;
+        let meta = entry.meta(representation)?;
         let hit = BodyHit {
             end: representation.body.len(),
             body: representation.body.clone(),
