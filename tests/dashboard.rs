@@ -279,7 +279,10 @@ async fn live_counters_and_purge_from_the_page() {
         )
         .await
         .unwrap();
-    assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone by {overflow}px");
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than a phone by {overflow}px"
+    );
     let phone = browser.client.screenshot().await.unwrap();
     std::fs::write(path.with_file_name("dashboard-phone.png"), phone).unwrap();
     browser.close().await;

@@ -261,7 +261,6 @@ fn origin_form(header: &mut ResponseHeader, served: Coding, origin: Coding, orig
 /// Bookkeeping bytes charged per packed header (its buffer handle, offsets box, status).
 const PACKED_HEADER_OVERHEAD: usize = 64;
 
-
 /// The `user_tag` of a request's cache key: whether its site compresses and which codings it
 /// accepts. The storage reads it back with [`parse_user_tag`] to pick a representation.
 pub fn user_tag(compress: bool, accepted: Accepted) -> &'static str {
@@ -341,7 +340,10 @@ mod tests {
             assert_eq!(r.coding.decode(&r.body, 1 << 20).unwrap(), text());
         }
         let upgraded = variants.with_final_brotli(Bytes::from_static(b"x")).unwrap();
-        assert_eq!(upgraded.select(BOTH).header().unwrap().headers["etag"], "\"v1~br\"");
+        assert_eq!(
+            upgraded.select(BOTH).header().unwrap().headers["etag"],
+            "\"v1~br\""
+        );
         assert!(!upgraded.brotli_upgradable);
     }
 
@@ -355,7 +357,12 @@ mod tests {
         assert_eq!(variants.select(GZIP).header().unwrap().headers["etag"], "\"z\"");
         let identity = variants.select(Accepted::default());
         assert_eq!(identity.body, text());
-        assert!(identity.header().unwrap().headers.get("content-encoding").is_none());
+        assert!(identity
+            .header()
+            .unwrap()
+            .headers
+            .get("content-encoding")
+            .is_none());
         assert_eq!(identity.header().unwrap().headers["etag"], "\"z~identity\"");
     }
 
@@ -376,10 +383,23 @@ mod tests {
         served.insert_header("etag", "\"v1\"").unwrap();
         served.insert_header("x-updated", "yes").unwrap();
         let updated = variants.with_header(&served, Coding::Gzip).unwrap();
-        assert_eq!(updated.select(GZIP).header().unwrap().headers["etag"], "\"v1~gzip\"");
+        assert_eq!(
+            updated.select(GZIP).header().unwrap().headers["etag"],
+            "\"v1~gzip\""
+        );
         assert_eq!(updated.primary.header().unwrap().headers["etag"], "\"v1\"");
         assert_eq!(updated.select(BOTH).header().unwrap().headers["x-updated"], "yes");
-        assert_eq!(updated.primary.header().unwrap().headers.get_all("vary").iter().count(), 1);
+        assert_eq!(
+            updated
+                .primary
+                .header()
+                .unwrap()
+                .headers
+                .get_all("vary")
+                .iter()
+                .count(),
+            1
+        );
     }
 
     #[test]
