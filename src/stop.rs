@@ -29,6 +29,11 @@ pub const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(1);
 /// How often the open connections are counted while draining.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
+/// How long no connection must be open before the process counts as drained: a connection
+/// the listener accepted just as the shutdown began may not be counted yet (it is between
+/// pingora's accept and the connection layer), and exiting then would reset it.
+const DRAIN_SETTLE: Duration = Duration::from_millis(250);
+
 /// How long the `node_stopping` delivery may hold the exit (it gives up after 2 s itself).
 const WEBHOOKS_WAIT: Duration = Duration::from_secs(3);
 
@@ -72,7 +77,10 @@ impl Stopper {
         let deadline = tokio::time::Instant::now() + self.grace_period;
         loop {
             if self.clients.open_connections() == 0 {
-                return true;
+                tokio::time::sleep(DRAIN_SETTLE).await;
+                if self.clients.open_connections() == 0 {
+                    return true;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;

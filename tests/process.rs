@@ -109,13 +109,14 @@ fn write_config(dir: &Path, listen: SocketAddr, origin: SocketAddr) -> PathBuf {
 }
 
 /// Requests sent by the request loops of this test binary (for waiting on their progress).
-static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Requests sent by one test's request loops (tests run in parallel: each counts its own).
+type Sent = std::sync::Arc<std::sync::atomic::AtomicUsize>;
 
-/// Waits until the request loops have sent `more` requests.
-async fn traffic_flows(more: usize) {
-    let start = ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
+/// Waits until the request loops counting into `sent` have sent `more` requests.
+async fn traffic_flows(sent: &Sent, more: usize) {
+    let start = sent.load(std::sync::atomic::Ordering::Relaxed);
     common::eventually(Duration::from_secs(10), "the request loop makes progress", || {
-        ANSWERED.load(std::sync::atomic::Ordering::Relaxed) >= start + more
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= start + more
     })
     .await;
 }
@@ -136,13 +137,14 @@ async fn upgrade_socket_ready(dir: &Path) {
 fn request_loop(
     url: String,
     stop: tokio::sync::watch::Receiver<bool>,
+    sent: &Sent,
 ) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    request_loop_with(client, url, stop)
+    request_loop_with(client, url, stop, sent)
 }
 
 /// Requests `url` with `client` (and its connection pool) until `stop` is set; returns every
@@ -151,11 +153,13 @@ fn request_loop_with(
     client: reqwest::Client,
     url: String,
     stop: tokio::sync::watch::Receiver<bool>,
+    sent: &Sent,
 ) -> tokio::task::JoinHandle<Vec<Result<String, String>>> {
+    let sent = sent.clone();
     tokio::spawn(async move {
         let mut outcomes = Vec::new();
         while !*stop.borrow() {
-            ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = match client.get(&url).send().await {
                 Ok(resp) if resp.status() == 200 => resp.text().await.map_err(|e| e.to_string()),
                 Ok(resp) => Err(format!("status {}", resp.status())),
@@ -187,8 +191,9 @@ async fn sighup_switches_origins_without_a_failed_request_and_rejects_a_broken_f
     wait_until_listening(listen);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let traffic = request_loop(format!("http://{listen}/who"), stopped);
-    traffic_flows(20).await;
+    let sent = Sent::default();
+    let traffic = request_loop(format!("http://{listen}/who"), stopped, &sent);
+    traffic_flows(&sent, 20).await;
     write_config(&dir, listen, second.addr);
     proxy.signal("HUP");
     assert!(proxy
@@ -231,8 +236,9 @@ async fn an_upgrade_under_load_loses_no_request() {
     wait_until_listening(listen);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let traffic = request_loop(format!("http://{listen}/page"), stopped);
-    traffic_flows(20).await;
+    let sent = Sent::default();
+    let traffic = request_loop(format!("http://{listen}/page"), stopped, &sent);
+    traffic_flows(&sent, 20).await;
     // The new process waits for the listening sockets, which the old one hands over on SIGQUIT.
     let new = Running::start(&config, &["-u"]);
     upgrade_socket_ready(&dir).await;
@@ -241,7 +247,7 @@ async fn an_upgrade_under_load_loses_no_request() {
         old.exited(Duration::from_secs(15)),
         "the old process finishes and exits"
     );
-    traffic_flows(50).await;
+    traffic_flows(&sent, 50).await;
     stop.send_replace(true);
     let outcomes = traffic.await.unwrap();
     assert!(outcomes.len() > 50, "only {} requests", outcomes.len());
@@ -590,15 +596,23 @@ async fn an_upgrade_loses_no_request_on_reused_keep_alive_connections() {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let sent = Sent::default();
     let loops: Vec<_> = (0..4)
-        .map(|_| request_loop_with(client.clone(), format!("http://{listen}/kept"), stopped.clone()))
+        .map(|_| {
+            request_loop_with(
+                client.clone(),
+                format!("http://{listen}/kept"),
+                stopped.clone(),
+                &sent,
+            )
+        })
         .collect();
-    traffic_flows(100).await;
+    traffic_flows(&sent, 100).await;
     let new = Running::start(&config, &["-u"]);
     upgrade_socket_ready(&dir).await;
     old.signal("QUIT");
     assert!(old.exited(Duration::from_secs(15)), "the old process exits");
-    traffic_flows(200).await;
+    traffic_flows(&sent, 200).await;
     stop.send_replace(true);
     let mut outcomes = Vec::new();
     for handle in loops {
