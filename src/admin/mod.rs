@@ -303,17 +303,16 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     body.push(b'\n');
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .body(body)
-        .unwrap_or_default()
+    json_body(status, body)
 }
 
 /// Like [`json_response`] without the indentation, for the larger answers scripts poll.
 fn compact_json_response(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    json_body(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A JSON answer that is never cached.
+fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -25,7 +25,7 @@ use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcom
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
-use pingora::{Error, ErrorType, OrErr, Result};
+use pingora::{Error, ErrorType, Result};
 
 use super::codings::{self, Representation, StoredCodings};
 use super::fill_budget::{FillBudget, Reservation};
@@ -171,25 +171,6 @@ impl Entry {
         let bytes = ENTRY_OVERHEAD + self.meta.len() + self.codings.weight() + self.primary.len() + tag_bytes;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
-}
-
-/// A compact copy of `header` for storage. Values are copied: pingora parses them as slices of
-/// the whole upstream read buffer, which a stored entry would otherwise keep alive (kilobytes
-/// per entry). The origin's header-name case is not kept: half the maps to clone on every hit,
-/// and HTTP/2 clients get lower-case names anyway.
-fn without_name_case(header: &ResponseHeader) -> Result<ResponseHeader> {
-    let mut copy = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))?;
-    copy.set_version(header.version);
-    if let Some(reason) = header.get_reason_phrase() {
-        copy.set_reason_phrase(Some(reason))?;
-    }
-    for (name, value) in header.headers.iter() {
-        let mut owned = http::HeaderValue::from_bytes(value.as_bytes())
-            .or_err(ErrorType::InvalidHTTPHeader, "stored header value")?;
-        owned.set_sensitive(value.is_sensitive());
-        copy.append_header(name.clone(), owned)?;
-    }
-    Ok(copy)
 }
 
 /// pingora's serialized form of an empty response header, which revalidated entries
@@ -538,7 +519,8 @@ impl Storage for MokaStorage {
             primary_hash: key.primary_bin(),
             hash: key.combined_bin(),
             meta: StoredMeta::of(meta)?,
-            header: without_name_case(meta.response_header())?,
+            // Packed (copied out of the upstream read buffer, names lower-cased) when stored.
+            header: meta.response_header().clone(),
             expires_at: Instant::now() + retention(meta, self.keep_stale),
             eligibility,
             primary: key.primary_key().into(),

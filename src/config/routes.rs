@@ -253,7 +253,8 @@ fn query_key(section: Option<&QuerySection>) -> Result<QueryKey, String> {
     }
 }
 
-fn header_names(names: &[String]) -> Result<Vec<http::HeaderName>, (usize, String)> {
+/// `names` parsed as header names; the index and the reason of the first that is not one.
+pub(super) fn header_names(names: &[String]) -> Result<Vec<http::HeaderName>, (usize, String)> {
     names
         .iter()
         .enumerate()

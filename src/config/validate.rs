@@ -508,17 +508,8 @@ fn strip_request_headers(
     index: usize,
     at: &Locator,
 ) -> Result<Vec<http::HeaderName>, ConfigError> {
-    let mut names = Vec::with_capacity(site.strip_request_headers.len());
-    for (i, name) in site.strip_request_headers.iter().enumerate() {
-        let parsed = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            at.error(
-                &format!("site[{index}].strip_request_headers[{i}]"),
-                format!("{name:?} is not a header name"),
-            )
-        })?;
-        names.push(parsed);
-    }
-    Ok(names)
+    super::routes::header_names(&site.strip_request_headers)
+        .map_err(|(i, m)| at.error(&format!("site[{index}].strip_request_headers[{i}]"), m))
 }
 
 fn site_hsts(

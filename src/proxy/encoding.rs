@@ -55,7 +55,8 @@ pub fn origin_codings(
     Ok(())
 }
 
-/// The coding a compressible response streamed to this client gets.
+/// The coding a compressible response streamed to this client gets: br, then gzip, then
+/// identity.
 fn served_coding(ctx: &RequestCtx) -> Coding {
     let accepted = ctx.encoding.accepted;
     match (ctx.encoding.compress, accepted.brotli, accepted.gzip) {
@@ -102,9 +103,18 @@ pub fn keep_stored_etag(not_modified: &mut ResponseHeader, stored: Option<&Cache
 
 /// Notes whether the origin's response is one the proxy compresses, for the 206 or 304 the
 /// client may get made from it.
-pub fn note_origin_response(resp: &ResponseHeader, ctx: &mut RequestCtx) {
-    ctx.encoding.origin_compressible =
-        ctx.encoding.compress && ctx.runtime.compression.eligibility(resp) == Eligibility::Compress;
+pub fn note_origin_response(req: &RequestHeader, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    // Only a `Range` or conditional request can get a 206 or 304 made from the origin's 200.
+    let partial_or_conditional = [
+        http::header::RANGE,
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|name| req.headers.contains_key(name));
+    ctx.encoding.origin_compressible = ctx.encoding.compress
+        && partial_or_conditional
+        && ctx.runtime.compression.eligibility(resp) == Eligibility::Compress;
 }
 
 /// Sets up on-the-fly compression of a compressible response from the origin (misses and
@@ -142,13 +152,11 @@ pub fn start_compression(session: &Session, resp: &mut ResponseHeader, ctx: &mut
         return Ok(());
     }
     compression::add_vary_accept_encoding(resp)?;
-    let accepted = ctx.encoding.accepted;
-    let (coding, level) = if accepted.brotli {
-        (Coding::Brotli, policy.settings.stream_brotli_level)
-    } else if accepted.gzip {
-        (Coding::Gzip, policy.settings.stream_gzip_level)
-    } else {
-        return Ok(());
+    let coding = served_coding(ctx);
+    let level = match coding {
+        Coding::Brotli => policy.settings.stream_brotli_level,
+        Coding::Gzip => policy.settings.stream_gzip_level,
+        Coding::Identity => return Ok(()),
     };
     // A range of the identity body cannot be re-encoded, and an HTTP/1.0 client cannot
     // receive a chunked stream: both get identity.

@@ -303,7 +303,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(length) = headers::repeated_content_length(&resp.headers) {
             resp.insert_header(http::header::CONTENT_LENGTH, length)?;
         }
-        encoding::note_origin_response(resp, ctx);
+        encoding::note_origin_response(session.req_header(), resp, ctx);
         if resp.status == http::StatusCode::NOT_MODIFIED {
             encoding::keep_stored_etag(resp, session.cache.maybe_cache_meta());
             ctx.upstream.not_modified = Some(resp.headers.clone());
