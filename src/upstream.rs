@@ -18,6 +18,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
@@ -213,9 +214,12 @@ struct BreakerState {
 impl CircuitBreaker {
     /// Whether a request may go to `origin` now (claims the trial slot of an ejected origin
     /// whose cool-down has passed).
-    fn admits(&self, origin: &str) -> bool {
+    fn admits(&self, origin: &SocketAddr) -> bool {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(state) = states.get_mut(origin) else {
+        if states.is_empty() {
+            return true;
+        }
+        let Some(state) = states.get_mut(origin.to_string().as_str()) else {
             return true;
         };
         match state.ejected_until {
@@ -242,6 +246,10 @@ impl CircuitBreaker {
     /// Records an outcome; returns the new health when it changed.
     fn record(&self, origin: &str, success: bool) -> Option<bool> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if success && !states.contains_key(origin) {
+            // An origin with no failure on record stays without a record.
+            return None;
+        }
         let state = states.entry(origin.to_string()).or_default();
         let was_ejected = state.ejected_until.is_some();
         if success {
@@ -299,6 +307,8 @@ pub struct OriginPool {
     connect_timeout: Duration,
     read_timeout: Duration,
     write_timeout: Duration,
+    /// Each origin's address as text, made once: requests carry it to logs and metrics.
+    names: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl OriginPool {
@@ -312,7 +322,14 @@ impl OriginPool {
         } else {
             Some(balancer(&backups, site, events)?)
         };
+        let mut names = HashMap::new();
+        for balancer in std::iter::once(&primary).chain(backup.as_ref()) {
+            for backend in balancer.backends().get_backend().iter() {
+                names.insert(backend.addr.clone(), Arc::from(backend.addr.to_string()));
+            }
+        }
         let pool = OriginPool {
+            names,
             site: site_name(site),
             check_interval: site.health_check.as_ref().map(|c| c.interval),
             next_check: Mutex::new(Instant::now()),
@@ -382,12 +399,10 @@ impl OriginPool {
     /// breaker, else such a backup. When the breaker has ejected every healthy origin, it is
     /// ignored rather than failing every request (a lone origin is never locked out by it).
     /// `None` when no origin is usable.
-    pub fn select(&self, key: &[u8], tried: &[String]) -> Option<Box<HttpPeer>> {
-        let untried =
-            |backend: &Backend, healthy: bool| healthy && !tried.contains(&backend.addr.to_string());
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
+        let untried = |backend: &Backend, healthy: bool| healthy && !tried.contains(&backend.addr);
         let admitted = |backend: &Backend, healthy: bool| {
-            let addr = backend.addr.to_string();
-            healthy && !tried.contains(&addr) && self.breaker.admits(&addr)
+            healthy && !tried.contains(&backend.addr) && self.breaker.admits(&backend.addr)
         };
         let backend = self.pick(key, admitted).or_else(|| self.pick(key, untried))?;
         let mut peer = HttpPeer::new(backend, self.tls, self.sni.clone());
@@ -403,6 +418,14 @@ impl OriginPool {
             peer.options.set_http_version(2, 1);
         }
         Some(Box::new(peer))
+    }
+
+    /// The text form of an origin's address (made once per pool).
+    pub fn origin_name(&self, addr: &SocketAddr) -> Arc<str> {
+        match self.names.get(addr) {
+            Some(name) => name.clone(),
+            None => Arc::from(addr.to_string()),
+        }
     }
 
     /// A primary accepted by `accept`, else a backup.
@@ -458,6 +481,11 @@ impl BackgroundService for HealthCheckRunner {
 mod tests {
     use super::*;
 
+    fn addr(name: &str) -> SocketAddr {
+        let port = if name == "a" { 1 } else { 2 };
+        SocketAddr::Inet(([127, 0, 0, 1], port).into())
+    }
+
     #[test]
     fn breaker_ejects_then_admits_one_trial() {
         let breaker = CircuitBreaker {
@@ -465,12 +493,12 @@ mod tests {
             eject_for: Duration::ZERO,
             states: Mutex::default(),
         };
-        assert_eq!(breaker.record("a", false), None);
-        assert_eq!(breaker.record("a", false), Some(false));
-        assert!(breaker.admits("a"), "cool-down over: one trial");
-        assert!(!breaker.admits("a"), "only one trial at a time");
-        assert_eq!(breaker.record("a", true), Some(true));
-        assert!(breaker.admits("a"));
+        assert_eq!(breaker.record("127.0.0.1:1", false), None);
+        assert_eq!(breaker.record("127.0.0.1:1", false), Some(false));
+        assert!(breaker.admits(&addr("a")), "cool-down over: one trial");
+        assert!(!breaker.admits(&addr("a")), "only one trial at a time");
+        assert_eq!(breaker.record("127.0.0.1:1", true), Some(true));
+        assert!(breaker.admits(&addr("a")));
     }
 
     #[test]
@@ -480,8 +508,8 @@ mod tests {
             eject_for: Duration::from_secs(60),
             states: Mutex::default(),
         };
-        breaker.record("a", false);
-        assert!(!breaker.admits("a"));
-        assert!(breaker.admits("b"));
+        breaker.record("127.0.0.1:1", false);
+        assert!(!breaker.admits(&addr("a")));
+        assert!(breaker.admits(&addr("b")));
     }
 }

@@ -4,6 +4,7 @@
 //! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
 //! Range on hits); this module supplies the parts it leaves to the application.
 
+pub mod admission;
 pub mod codings;
 pub mod directives;
 pub mod engine;

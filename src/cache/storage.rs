@@ -27,6 +27,7 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
+use super::admission::Admission;
 use super::codings::{self, Representation, StoredCodings};
 use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::PurgeScope;
@@ -233,6 +234,8 @@ pub struct MokaStorage {
     purges: PurgeLog,
     /// Bound on the bodies being collected by fills in flight.
     fills: &'static FillBudget,
+    /// Which responses a full cache stores.
+    admission: Admission,
 }
 
 /// The purge tags a response carries: `Surrogate-Key` (space separated) and `Cache-Tag`
@@ -294,6 +297,7 @@ impl MokaStorage {
             fills: Box::leak(Box::new(FillBudget::new(
                 usize::try_from(max_bytes).unwrap_or(usize::MAX),
             ))),
+            admission: Admission::new(max_bytes),
         }
     }
 
@@ -344,6 +348,12 @@ impl MokaStorage {
     /// `max_memory`: the most bytes the entries may weigh.
     pub fn max_bytes(&self) -> u64 {
         self.entries.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
+    /// Whether an entry of `weight` is stored: always while it fits, else only if its key had
+    /// `missed_before` recently (see [`Admission`]).
+    fn admits(&self, missed_before: bool, weight: u32) -> bool {
+        missed_before || self.entries.weighted_size() + u64::from(weight) <= self.max_bytes()
     }
 
     /// Bytes charged against `max_memory` (eventually consistent).
@@ -518,6 +528,7 @@ impl Storage for MokaStorage {
             started: fill_start(key),
             primary_hash: key.primary_bin(),
             hash: key.combined_bin(),
+            missed_before: self.admission.missed_before(&key.combined_bin()),
             meta: StoredMeta::of(meta)?,
             // Packed (copied out of the upstream read buffer, names lower-cased) when stored.
             header: meta.response_header().clone(),
@@ -660,6 +671,8 @@ struct BodyFill {
     started: Instant,
     primary_hash: HashBinary,
     hash: HashBinary,
+    /// The key had missed recently before this fill: stored even when the cache is full.
+    missed_before: bool,
     meta: StoredMeta,
     header: ResponseHeader,
     expires_at: Instant,
@@ -716,6 +729,10 @@ impl HandleMiss for BodyFill {
             expires_at: self.expires_at,
             upgrade_queued: AtomicBool::new(false),
         };
+        if !self.storage.admits(self.missed_before, entry.weight()) {
+            tracing::debug!("cache full and the key missed only once recently: not stored");
+            return Ok(MissFinishType::Created(size));
+        }
         self.storage.entries.insert(self.hash, Arc::new(entry));
         Ok(MissFinishType::Created(size))
     }

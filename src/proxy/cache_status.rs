@@ -1,6 +1,5 @@
 //! The `Cache-Status` response header (RFC 9211): how this cache handled the request.
 
-use std::fmt::Write;
 use std::time::SystemTime;
 
 use pingora::cache::CacheMeta;
@@ -85,7 +84,8 @@ impl<'a> CacheStatus<'a> {
 
     /// Renders the header value, e.g. `edgecache; fwd=uri-miss; fwd-status=200; stored`.
     pub fn render(&self) -> String {
-        let mut out = String::from(self.name);
+        let mut out = String::with_capacity(96);
+        out.push_str(self.name);
         let fwd = match self.outcome {
             CacheOutcome::Hit => None,
             CacheOutcome::StaleWhileRevalidate | CacheOutcome::StaleIfError => Some("stale"),
@@ -98,14 +98,19 @@ impl<'a> CacheStatus<'a> {
         if self.outcome.served_from_cache() {
             out.push_str("; hit");
         }
+        // Built with pushes rather than `write!`: this runs for every response.
+        let mut number = itoa::Buffer::new();
         if let Some(fwd) = fwd.filter(|_| self.outcome != CacheOutcome::StaleWhileRevalidate) {
-            let _ = write!(out, "; fwd={fwd}");
+            out.push_str("; fwd=");
+            out.push_str(fwd);
         }
         if let Some(status) = self.fwd_status.filter(|_| !self.outcome.served_from_cache()) {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            out.push_str(number.format(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(number.format(ttl));
         }
         if self.stored {
             out.push_str("; stored");
@@ -116,7 +121,8 @@ impl<'a> CacheStatus<'a> {
             _ => self.detail,
         };
         if let Some(detail) = detail {
-            let _ = write!(out, "; detail={detail}");
+            out.push_str("; detail=");
+            out.push_str(detail);
         }
         out
     }

@@ -361,9 +361,8 @@ where
         let limits = self.limits();
         let mut persistent = None;
         let mut idle_limit = limits.header_timeout;
-        let mut scratch = String::new();
         loop {
-            if !has_pipelined_request(&persistent, &mut scratch)
+            if !has_pipelined_request(&persistent)
                 && !self.next_request(&mut stream, idle_limit, shutdown).await
             {
                 return;
@@ -425,6 +424,9 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<pingora::apps::ReusedHttpStream> {
         let _in_flight = self.table.request_started();
+        // The request's state is large (tens of KiB): boxed once here, it is not copied again
+        // by each future wrapped around it.
+        let serve = Box::pin(self.app.process_new_http(session, shutdown));
         HEADER_READ
             .scope(Cell::new(false), async {
                 let deadline = async {
@@ -434,7 +436,7 @@ where
                     }
                 };
                 tokio::select! {
-                    reused = self.app.process_new_http(session, shutdown) => {
+                    reused = serve => {
                         // A request began (its first byte was read) but never reached the proxy.
                         if reused.is_none() && !HEADER_READ.with(Cell::get) && !*shutdown.borrow() {
                             self.table.counters.client_error();
@@ -566,16 +568,38 @@ where
 
 /// Whether the previous request left a pipelined request behind, already read from the stream
 /// (then no new byte will come before it is answered). pingora 0.9.1 offers no accessor for
-/// this, so its `Debug` form is read (into `scratch`, reused for every request of a connection).
-fn has_pipelined_request(
-    persistent: &Option<pingora::apps::HttpPersistentSettings>,
-    scratch: &mut String,
-) -> bool {
+/// this, so its `Debug` form is read, and only up to that field.
+fn has_pipelined_request(persistent: &Option<pingora::apps::HttpPersistentSettings>) -> bool {
     use std::fmt::Write;
     let Some(settings) = persistent else { return false };
-    scratch.clear();
-    let _ = write!(scratch, "{settings:?}");
-    !scratch.contains("pipelined_prefix: None")
+    let mut finder = PipelinedPrefixFinder::default();
+    let _ = write!(finder, "{settings:?}");
+    finder.found == Some(true)
+}
+
+/// Reads the `pipelined_prefix` field out of a `Debug` rendering piece by piece, and stops the
+/// rendering (with an error) as soon as its value has begun.
+#[derive(Default)]
+struct PipelinedPrefixFinder {
+    /// The field's name was written: its value comes next.
+    at_field: bool,
+    /// `Some(true)` when the value is `Some(..)`.
+    found: Option<bool>,
+}
+
+impl std::fmt::Write for PipelinedPrefixFinder {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        if piece == "pipelined_prefix" {
+            self.at_field = true;
+            return Ok(());
+        }
+        let value = piece.trim_start_matches([':', ' ']);
+        if !self.at_field || value.is_empty() {
+            return Ok(());
+        }
+        self.found = Some(value.starts_with("Some"));
+        Err(std::fmt::Error)
+    }
 }
 
 /// The client address of a connection.
@@ -662,6 +686,32 @@ mod tests {
         assert!(table.has_room(Some(a)));
         assert!(table.admit(Some(a)).is_some());
         assert_eq!(table.counters.refused_total(), 2);
+    }
+
+    #[test]
+    fn the_pipelined_prefix_is_read_from_the_debug_form() {
+        use std::fmt::Write;
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Settings {
+            keepalive_timeout: Option<u64>,
+            user_context: Option<Box<dyn std::any::Any>>,
+            pipelined_prefix: Option<Vec<u8>>,
+            pipelining_enabled: bool,
+        }
+        let found = |prefix: Option<Vec<u8>>| {
+            let settings = Settings {
+                keepalive_timeout: Some(60),
+                user_context: None,
+                pipelined_prefix: prefix,
+                pipelining_enabled: true,
+            };
+            let mut finder = PipelinedPrefixFinder::default();
+            let _ = write!(finder, "{settings:?}");
+            finder.found
+        };
+        assert_eq!(found(None), Some(false));
+        assert_eq!(found(Some(b"GET / HTTP/1.1".to_vec())), Some(true));
     }
 
     #[test]

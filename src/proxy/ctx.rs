@@ -112,9 +112,9 @@ pub struct UpstreamTrace {
     /// Status the origin answered with.
     pub status: Option<u16>,
     /// Address of the origin used.
-    pub addr: Option<String>,
+    pub addr: Option<std::sync::Arc<str>>,
     /// Origins tried so far, in order (retries go elsewhere).
-    pub tried: Vec<String>,
+    pub tried: Vec<pingora::protocols::l4::socket::SocketAddr>,
     /// The last failure talking to an origin, reported if no other origin is left.
     pub last_error: Option<pingora::ErrorType>,
     /// Header fields of a 304 from the origin, merged into the stored response.

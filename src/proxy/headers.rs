@@ -28,26 +28,49 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Whether `headers` holds a hop-by-hop header (or `Upgrade`): one pass over the names, so the
+/// usual message without any is left without a lookup per name.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop_or_upgrade)
+}
+
+fn is_hop_by_hop_or_upgrade(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str()) || name == http::header::UPGRADE
+}
+
+/// The hop-by-hop headers `headers` holds (with `Upgrade`), and those its `Connection` lists.
+fn present_hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names = connection_listed(headers);
+    names.extend(
+        headers
+            .keys()
+            .filter(|name| is_hop_by_hop_or_upgrade(name))
+            .cloned(),
+    );
+    names
+}
+
 /// Removes hop-by-hop headers from a request going to the origin.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
-    for name in connection_listed(&req.headers) {
-        req.remove_header(&name);
+    if !has_hop_by_hop(&req.headers) {
+        return;
     }
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
+    for name in present_hop_by_hop(&req.headers) {
+        if name != http::header::UPGRADE {
+            req.remove_header(&name);
+        }
     }
 }
 
 /// Removes hop-by-hop headers from a response going to the client (and into the cache).
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    for name in connection_listed(&resp.headers) {
-        resp.remove_header(&name);
+    if !has_hop_by_hop(&resp.headers) {
+        return;
     }
-    for name in HOP_BY_HOP {
-        resp.remove_header(name);
-    }
-    if resp.status != 101 {
-        resp.remove_header("upgrade");
+    for name in present_hop_by_hop(&resp.headers) {
+        if name != http::header::UPGRADE || resp.status != 101 {
+            resp.remove_header(&name);
+        }
     }
 }
 
@@ -68,16 +91,46 @@ pub fn repeated_content_length(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Sets `X-Forwarded-For` (appending the client to any earlier list) and `X-Forwarded-Proto`.
-pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, scheme: &str) {
+pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, scheme: &'static str) {
     if let Some(ip) = client_ip {
-        let earlier = req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        let value = match earlier {
-            Some(list) if !list.trim().is_empty() => format!("{list}, {ip}"),
-            _ => ip.to_string(),
-        };
-        let _ = req.insert_header("x-forwarded-for", value);
+        let earlier = req.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let mut value = String::with_capacity(earlier.map_or(0, str::len) + 48);
+        if let Some(list) = earlier.filter(|list| !list.trim().is_empty()) {
+            value.push_str(list);
+            value.push_str(", ");
+        }
+        push_ip(&mut value, ip);
+        let _ = req.insert_header(X_FORWARDED_FOR, value);
     }
-    let _ = req.insert_header("x-forwarded-proto", scheme);
+    let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+}
+
+/// `X-Forwarded-For`, set on every forwarded request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// `X-Forwarded-Proto`, set on every forwarded request.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Appends `ip` in its usual text form; IPv4 without the formatting machinery, as it is written
+/// for every forwarded request.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    use std::fmt::Write;
+    let std::net::IpAddr::V4(v4) = ip else {
+        let _ = write!(out, "{ip}");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
 }
 
 /// Makes a client's request fit to forward: origin-form URI with a `Host` (whatever the
@@ -161,5 +214,33 @@ mod tests {
         set_forwarded(&mut req, Some([127, 0, 0, 1].into()), "http");
         assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(req.headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let addresses: [std::net::IpAddr; 6] = [
+            [0, 0, 0, 0].into(),
+            [9, 10, 99, 100].into(),
+            [255, 254, 109, 1].into(),
+            [192, 168, 1, 20].into(),
+            "::1".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+        ];
+        for ip in addresses {
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn a_response_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", "5").unwrap();
+        assert!(!has_hop_by_hop(&resp.headers));
+        resp.insert_header("upgrade", "h2c").unwrap();
+        assert!(has_hop_by_hop(&resp.headers));
+        strip_response_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("upgrade").is_none());
     }
 }

@@ -240,7 +240,7 @@ pub async fn forward_to_owner(ctx: &mut RequestCtx) -> Option<Box<HttpPeer>> {
     ctx.cluster.forwarded_to = Some(index);
     ctx.cluster.tried.push(index);
     ctx.upstream.started = Some(std::time::Instant::now());
-    ctx.upstream.addr = Some(owner.addr.to_string());
+    ctx.upstream.addr = Some(owner.addr.to_string().into());
     ctx.cache.fill_start.start();
     cluster.health.counters.forwarded.fetch_add(1, Ordering::Relaxed);
     Some(Box::new(peer))

@@ -21,18 +21,16 @@ pub fn next_origin(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .target
         .as_ref()
         .map_or(&[][..], |t| t.path_and_query.as_bytes());
-    let peer = site
-        .pool(ctx.route.rule)
-        .select(key, &ctx.upstream.tried)
-        .ok_or_else(|| {
-            let etype = ctx.upstream.last_error.clone().unwrap_or(NO_HEALTHY_ORIGIN);
-            Error::explain(etype, "no usable origin").into_up()
-        })?;
+    let pool = site.pool(ctx.route.rule);
+    let peer = pool.select(key, &ctx.upstream.tried).ok_or_else(|| {
+        let etype = ctx.upstream.last_error.clone().unwrap_or(NO_HEALTHY_ORIGIN);
+        Error::explain(etype, "no usable origin").into_up()
+    })?;
+    let name = pool.origin_name(&peer._address);
     ctx.upstream.started = Some(Instant::now());
     ctx.cache.fill_start.start();
-    let addr = peer._address.to_string();
-    ctx.upstream.tried.push(addr.clone());
-    ctx.upstream.addr = Some(addr);
+    ctx.upstream.addr = Some(name);
+    ctx.upstream.tried.push(peer._address.clone());
     Ok(peer)
 }
 
