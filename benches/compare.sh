@@ -10,7 +10,9 @@
 # target/compare-<time>/ (results.tsv, summary.md).
 #
 # Like for like: one origin (nginx serving files) for all; edgecache `threads` = nginx
-# `worker_processes` = THREADS; Varnish with its defaults (it has no such knob). With
+# `worker_processes` = THREADS; Varnish with its defaults (it has no such knob). Both
+# edgecache and nginx default to 1,000 requests per client connection, after which wrk and
+# h2load reconnect (or, for h2load, stop using the connection): both are raised here. With
 # ACCESS_LOG=1 every proxy writes an access log to a file (nginx: its default combined format,
 # edgecache: its default JSON lines; Varnish logs through varnishncsa, not run here). Rounds are
 # interleaved (every contender for a row, then the next row) so all see the same machine noise;
@@ -52,6 +54,11 @@ for tool in nginx varnishd wrk h2load openssl curl taskset python3; do
 done
 [ -x "$BIN" ] || { echo "no release binary at $BIN: run cargo build --release" >&2; exit 1; }
 
+for port in "$ORIGIN_PORT" "${PORT[@]}" "${TLS_PORT[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use (another run still going?): set BASE_PORT" >&2; exit 1
+  fi
+done
 mkdir -p "$OUT/www" "$OUT/varnish"
 cd "$OUT"
 PIDS=()
@@ -64,8 +71,10 @@ trap cleanup EXIT
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-server_cmd() { if [ "$MODE" = pinned ]; then taskset -c "$SERVER_CPUS" "$@"; else "$@"; fi; }
-client_cmd() { if [ "$MODE" = pinned ]; then taskset -c "$CLIENT_CPUS" "$@"; else "$@"; fi; }
+# Command prefixes that pin servers and load generators (taskset execs, so `$!` is the server).
+SERVER_PIN=() CLIENT_PIN=()
+if [ "$MODE" = pinned ]; then SERVER_PIN=(taskset -c "$SERVER_CPUS"); CLIENT_PIN=(taskset -c "$CLIENT_CPUS"); fi
+client_cmd() { "${CLIENT_PIN[@]}" "$@"; }
 
 wait_for() { # url
   for _ in $(seq 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done
@@ -112,7 +121,7 @@ http {
   }
 }
 EOF
-server_cmd nginx -c "$OUT/origin.conf" & PIDS+=($!)
+"${SERVER_PIN[@]}" nginx -c "$OUT/origin.conf" & PIDS+=($!)
 wait_for "http://127.0.0.1:$ORIGIN_PORT/small"
 
 # --- contenders ----------------------------------------------------------------------------
@@ -123,6 +132,7 @@ start_edgecache() {
 listen = ["127.0.0.1:${PORT[edgecache]}"]
 listen_tls = ["127.0.0.1:${TLS_PORT[edgecache]}"]
 threads = $THREADS
+max_requests_per_connection = 1000000
 access_log = $([ "$ACCESS_LOG" = 1 ] && echo true || echo false)
 access_log_path = "$OUT/edgecache-access.log"
 [cache]
@@ -134,7 +144,7 @@ origins = ["127.0.0.1:$ORIGIN_PORT"]
 tls_cert = "$OUT/cert.pem"
 tls_key = "$OUT/key.pem"
 EOF
-  server_cmd "$BIN" --config "$OUT/edgecache.toml" >edgecache.out 2>&1 & PIDS+=($!)
+  "${SERVER_PIN[@]}" "$BIN" --config "$OUT/edgecache.toml" >edgecache.out 2>&1 & PIDS+=($!)
   SERVER_PID[edgecache]=$!
 }
 
@@ -171,7 +181,7 @@ http {
   }
 }
 EOF
-  server_cmd nginx -c "$OUT/nginx.conf" & PIDS+=($!)
+  "${SERVER_PIN[@]}" nginx -c "$OUT/nginx.conf" & PIDS+=($!)
   SERVER_PID[nginx]=$!
 }
 
@@ -183,13 +193,13 @@ sub vcl_backend_response {
   if (beresp.http.content-type ~ "text/html") { set beresp.do_gzip = true; }
 }
 EOF
-  server_cmd varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$OUT/varnish.vcl" -s malloc,2g \
+  "${SERVER_PIN[@]}" varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$OUT/varnish.vcl" -s malloc,2g \
     -n "$OUT/varnish" >varnish.out 2>&1 & PIDS+=($!)
   SERVER_PID[varnish]=$!
 }
 
-# All processes of a contender (for CPU and memory), the master's children included.
-pids_of() { local root=${SERVER_PID[$1]}; echo "$root $(pgrep -P "$root" | tr '\n' ' ')$(for c in $(pgrep -P "$root"); do pgrep -P "$c"; done | tr '\n' ' ')"; }
+# All processes of a contender (for CPU and memory): the server and its children (workers).
+pids_of() { local root=${SERVER_PID[$1]}; echo "$root" $(pgrep -P "$root"); }
 cpu_ticks() { local t=0; for p in $(pids_of "$1"); do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 pss_kib() { local t=0; for p in $(pids_of "$1"); do [ -r "/proc/$p/smaps_rollup" ] && t=$((t + $(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup"))); done; echo $t; }
 

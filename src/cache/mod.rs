@@ -1,5 +1,5 @@
-//! The HTTP cache: storage on moka, cache keys, cacheability policy, Vary variants and the
-//! stored content codings of each response.
+//! The HTTP cache: storage on moka, cache keys, cacheability policy, Vary variants, the
+//! stored content codings of each response and admission to a full cache.
 //!
 //! pingora-cache runs the state machine (lookup, coalescing, revalidation, stale serving,
 //! Range on hits); this module supplies the parts it leaves to the application.

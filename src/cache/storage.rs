@@ -7,7 +7,8 @@
 //! a background thread once it is served. moka's weigher counts body,
 //! headers and a fixed overhead, which makes `max_memory` a true bound; its per-entry expiry
 //! drops an entry once it can no longer be served or revalidated. pingora's eviction manager is
-//! not used: moka already evicts (TinyLFU admission, LRU eviction).
+//! not used: moka already evicts (TinyLFU admission, LRU eviction), and a full cache admits only
+//! keys that missed recently ([`super::admission`]).
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
