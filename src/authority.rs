@@ -86,7 +86,13 @@ pub fn host_and_authority(req: &RequestHeader, scheme: &str) -> Result<(String, 
     let default_port = if scheme == "https" { 443 } else { 80 };
     let port = raw_authority(req).map(port_of).ok_or(false)?.map_err(|_| true)?;
     let authority = match port {
-        Some(port) if port != default_port => format!("{host}:{port}"),
+        Some(port) if port != default_port => {
+            let mut authority = String::with_capacity(host.len() + 6);
+            authority.push_str(&host);
+            authority.push(':');
+            authority.push_str(itoa::Buffer::new().format(port));
+            authority
+        }
         _ => host.clone(),
     };
     Ok((host, authority))

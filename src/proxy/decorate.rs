@@ -25,11 +25,17 @@ pub fn decorate(
     let Some(outcome) = ctx.cache.outcome else {
         return Ok(());
     };
-    if ctx.site().is_some_and(|s| s.settings.strip_cdn_cache_control) {
+    // Looked up before removing: pingora's removal also searches its case map, and the
+    // fields are usually absent.
+    if ctx.site().is_some_and(|s| s.settings.strip_cdn_cache_control)
+        && resp.headers.contains_key(&CDN_CACHE_CONTROL_NAME)
+    {
         resp.remove_header(&CDN_CACHE_CONTROL_NAME);
     }
     for name in &TAG_HEADERS {
-        resp.remove_header(name);
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
     }
     if ctx.runtime.server_timing {
         resp.insert_header("server-timing", server_timing(ctx, outcome))?;
