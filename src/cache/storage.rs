@@ -790,6 +790,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_cache_stores_a_key_on_its_second_miss_only() {
+        let storage = MokaStorage::new(64 * 1024, Duration::ZERO).leak();
+        for i in 0..32 {
+            store(storage, &CacheKey::new(format!("k{i}"), ""), &[b'x'; 4096]).await;
+        }
+        storage.entries.run_pending_tasks();
+        assert!(storage.weighted_size() > 48 * 1024, "the cache is full");
+        let newcomer = CacheKey::new("newcomer", "");
+        // Looked up often (so moka's own frequency-based admission would take it), but never
+        // filled: the first fill still counts as the key's first miss.
+        for _ in 0..8 {
+            assert!(!is_stored(storage, &newcomer).await);
+        }
+        store(storage, &newcomer, &[b'y'; 4096]).await;
+        storage.entries.run_pending_tasks();
+        assert!(
+            !is_stored(storage, &newcomer).await,
+            "first miss on a full cache: not stored"
+        );
+        store(storage, &newcomer, &[b'y'; 4096]).await;
+        storage.entries.run_pending_tasks();
+        assert!(is_stored(storage, &newcomer).await, "second miss: stored");
+    }
+
+    async fn is_stored(storage: &'static MokaStorage, key: &CacheKey) -> bool {
+        let span = Span::inactive().handle();
+        storage.lookup(key, &span).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
     async fn update_meta_and_expire_rewrite_the_entry() {
         let storage = MokaStorage::new(1 << 20, Duration::from_secs(60)).leak();
         let key = CacheKey::new("k", "");
