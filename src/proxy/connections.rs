@@ -568,13 +568,14 @@ where
 
 /// Whether the previous request left a pipelined request behind, already read from the stream
 /// (then no new byte will come before it is answered). pingora 0.9.1 offers no accessor for
-/// this, so its `Debug` form is read, and only up to that field.
+/// this, so its `Debug` form is read, and only up to that field. Should the field ever be
+/// missing from it, a request is assumed to be pending: the session then waits for it itself.
 fn has_pipelined_request(persistent: &Option<pingora::apps::HttpPersistentSettings>) -> bool {
     use std::fmt::Write;
     let Some(settings) = persistent else { return false };
     let mut finder = PipelinedPrefixFinder::default();
     let _ = write!(finder, "{settings:?}");
-    finder.found == Some(true)
+    finder.found != Some(false)
 }
 
 /// Reads the `pipelined_prefix` field out of a `Debug` rendering piece by piece, and stops the
