@@ -49,25 +49,12 @@ declare -A PORT=([edgecache]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [varn
 declare -A TLS_PORT=([edgecache]=$((BASE_PORT + 11)) [nginx]=$((BASE_PORT + 12)))
 NGINX_CACHE=/dev/shm/edgecache-compare-nginx-$BASE_PORT
 
-for tool in nginx varnishd wrk h2load openssl curl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install nginx varnish wrk nghttp2-client)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "no release binary at $BIN: run cargo build --release" >&2; exit 1; }
-
-for port in "$ORIGIN_PORT" "${PORT[@]}" "${TLS_PORT[@]}"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use (another run still going?): set BASE_PORT" >&2; exit 1
-  fi
-done
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
+HINT="apt-get install nginx varnish wrk nghttp2-client" require_tools nginx varnishd wrk h2load openssl curl taskset python3
+require_free_ports "$ORIGIN_PORT" "${PORT[@]}" "${TLS_PORT[@]}"
 mkdir -p "$OUT/www" "$OUT/varnish"
 cd "$OUT"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$NGINX_CACHE"
-}
-trap cleanup EXIT
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -76,10 +63,6 @@ SERVER_PIN=() CLIENT_PIN=()
 if [ "$MODE" = pinned ]; then SERVER_PIN=(taskset -c "$SERVER_CPUS"); CLIENT_PIN=(taskset -c "$CLIENT_CPUS"); fi
 client_cmd() { "${CLIENT_PIN[@]}" "$@"; }
 
-wait_for() { # url
-  for _ in $(seq 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "not answering: $1" >&2; exit 1
-}
 
 # --- content -------------------------------------------------------------------------------
 python3 - "$OUT/www" <<'PY'

@@ -28,25 +28,12 @@ ORIGIN=$BASE_PORT
 declare -A PORT=([edgecache]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [varnish]=$((BASE_PORT + 3)))
 NGINX_CACHE=/dev/shm/edgecache-hitratio-nginx-$BASE_PORT
 
-for tool in nginx varnishd python3 curl; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "no release binary at $BIN: run cargo build --release" >&2; exit 1; }
-for port in "$ORIGIN" "${PORT[@]}"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use (another run still going?): set BASE_PORT" >&2; exit 1
-  fi
-done
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
+HINT="apt-get install nginx varnish" require_tools nginx varnishd python3 curl
+require_free_ports "$ORIGIN" "${PORT[@]}"
 mkdir -p "$OUT/www/o" "$OUT/varnish"
 cd "$OUT"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$NGINX_CACHE"
-}
-trap cleanup EXIT
-wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not answering: $1" >&2; exit 1; }
 
 cat > zipf.py <<'PY'
 """Zipf request sequences, their replay over HTTP, and LRU / Belady simulations."""
