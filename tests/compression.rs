@@ -1,121 +1,17 @@
 //! Compression end to end: negotiation, one origin fetch per URL, stored codings with their own
-//! validators, untouched bodies, on-the-fly compression and a non-blocking event loop.
+//! validators, untouched bodies and on-the-fly compression.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
-use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, eventually, Origin, Proxy, Reply};
+use common::pages::{fetch, get_with, page, serve_page};
+use common::{eventually, Origin, Proxy, Reply};
 
 const FRESH: &str = "public, max-age=60";
-
-/// Deterministic HTML-like text of about `len` bytes (a fixed vocabulary and a fixed LCG), so
-/// compression levels make a visible difference.
-fn page(len: usize) -> Bytes {
-    const WORDS: [&str; 16] = [
-        "edge",
-        "cache",
-        "origin",
-        "request",
-        "<p>",
-        "</p>",
-        "stale",
-        "fresh",
-        "vary",
-        "gzip",
-        "brotli",
-        "header",
-        "<div class=\"row\">",
-        "</div>",
-        "status",
-        "proxy",
-    ];
-    let mut text = String::with_capacity(len + 32);
-    let mut state: u32 = 12345;
-    while text.len() < len {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        text.push_str(WORDS[(state >> 16) as usize % WORDS.len()]);
-        text.push(if state.is_multiple_of(7) { '\n' } else { ' ' });
-    }
-    text.truncate(len);
-    Bytes::from(text)
-}
-
-/// One response as received (nothing decoded by the client).
-struct Fetched {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Bytes,
-}
-
-impl Fetched {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    fn coding(&self) -> &str {
-        self.header("content-encoding").unwrap_or("identity")
-    }
-
-    /// The body with its content coding removed.
-    fn decoded(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self.coding() {
-            "gzip" => {
-                flate2::read::GzDecoder::new(&self.body[..])
-                    .read_to_end(&mut out)
-                    .unwrap();
-            }
-            "br" => {
-                brotli::Decompressor::new(&self.body[..], 4096)
-                    .read_to_end(&mut out)
-                    .unwrap();
-            }
-            _ => out = self.body.to_vec(),
-        }
-        out
-    }
-
-    fn varies_on_accept_encoding(&self) -> bool {
-        self.headers.get_all("vary").iter().any(|v| {
-            v.to_str()
-                .unwrap()
-                .to_ascii_lowercase()
-                .contains("accept-encoding")
-        })
-    }
-}
-
-async fn fetch(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Fetched {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = client().request(method, proxy.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let resp = request.send().await.unwrap();
-    Fetched {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.unwrap(),
-    }
-}
-
-async fn get_with(proxy: &Proxy, path: &str, accept_encoding: &str) -> Fetched {
-    fetch(proxy, "GET", path, &[("accept-encoding", accept_encoding)]).await
-}
-
-fn serve_page(origin: &Origin, path: &str, body: Bytes, cache_control: &'static str) {
-    origin.route(path, move |_, _| {
-        Reply::ok(body.clone())
-            .header("content-type", "text/html; charset=utf-8")
-            .header("cache-control", cache_control)
-            .header("etag", "\"v1\"")
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accept_encoding_gets_the_preferred_acceptable_coding() {
@@ -439,59 +335,6 @@ async fn brotli_is_recompressed_at_maximum_quality_in_the_background() {
     assert_eq!(last.decoded(), body);
     assert!(last.body.len() < first_len, "{} !< {first_len}", last.body.len());
     assert_eq!(origin.hits("/hot"), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compressing_a_large_body_does_not_stall_other_requests() {
-    let origin = Origin::start().await;
-    let big = page(5 << 20);
-    serve_page(&origin, "/big", big.clone(), FRESH);
-    origin.fixed("/small", FRESH, "small");
-    // One worker thread: anything that blocked it would delay every other request.
-    let proxy = Proxy::start_with_server(
-        &format!(
-            "[[site]]\nhosts = [\"127.0.0.1\"]\norigins = [\"{}\"]\n",
-            origin.addr
-        ),
-        "threads = 1",
-    );
-    get_with(&proxy, "/small", "").await;
-
-    let started = Instant::now();
-    let big_url = proxy.url("/big");
-    let big_request = tokio::spawn(async move {
-        let resp = client()
-            .get(big_url)
-            .header("accept-encoding", "gzip, br")
-            .send()
-            .await
-            .unwrap();
-        resp.bytes().await.unwrap();
-        Instant::now()
-    });
-    let mut slowest = Duration::ZERO;
-    let mut completed = 0;
-    while !big_request.is_finished() {
-        let sent = Instant::now();
-        let small = get_with(&proxy, "/small", "").await;
-        assert_eq!(small.body, "small");
-        slowest = slowest.max(sent.elapsed());
-        completed += 1;
-    }
-    let big_done = big_request.await.unwrap();
-    assert!(
-        completed > 3,
-        "only {completed} small requests overlapped the big one"
-    );
-    assert!(
-        slowest < Duration::from_millis(150),
-        "a small request took {slowest:?} while {:?} of compression ran",
-        big_done - started
-    );
-    let stored = get_with(&proxy, "/big", "gzip").await;
-    assert_eq!(stored.coding(), "gzip");
-    assert_eq!(stored.decoded(), big);
-    assert_eq!(origin.hits("/big"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod pages;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
