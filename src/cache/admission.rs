@@ -30,6 +30,12 @@ const MAX_ENTRIES: u64 = 1 << 22;
 /// Chance that a key never seen passes for one seen, with a window's keys in a filter.
 const FALSE_POSITIVES: f64 = 0.01;
 
+/// How many entries a full cache of `max_bytes` is expected to hold, for sizing the structures
+/// that track them.
+pub fn expected_entries(max_bytes: u64) -> u64 {
+    (max_bytes / EXPECTED_OBJECT_BYTES).clamp(MIN_ENTRIES, MAX_ENTRIES)
+}
+
 /// The keys that missed recently, to decide what a full cache stores.
 pub struct Admission {
     /// Two filters: the current window and the one before it, cleared when it becomes current.
@@ -43,7 +49,7 @@ impl Admission {
     /// Filters sized for a cache of `max_bytes`: 12 bytes per expected entry in all (0.3 % of
     /// the cache at the expected object size).
     pub fn new(max_bytes: u64) -> Admission {
-        let entries = (max_bytes / EXPECTED_OBJECT_BYTES).clamp(MIN_ENTRIES, MAX_ENTRIES);
+        let entries = expected_entries(max_bytes);
         let window = entries * WINDOW_PER_ENTRY;
         let items = usize::try_from(window).unwrap_or(usize::MAX);
         let filter = || {

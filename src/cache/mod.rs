@@ -15,6 +15,7 @@ pub mod key;
 pub mod packed_header;
 pub mod policy;
 pub mod purge_log;
+pub mod sketch;
 pub mod storage;
 pub mod vary;
 

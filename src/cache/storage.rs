@@ -28,11 +28,12 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
-use super::admission::Admission;
+use super::admission::{expected_entries, Admission};
 use super::codings::{self, Representation, StoredCodings};
 use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::PurgeScope;
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
+use super::sketch::{self, PlaceholderWeight};
 use crate::compression::{Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
 use crate::lazy_thread::LazyThread;
@@ -163,6 +164,19 @@ impl Entry {
         }
     }
 
+    /// An empty entry, for [`sketch::size_for`].
+    fn placeholder() -> Entry {
+        let header = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        Entry {
+            meta: StoredMeta::Serialized(Vec::new()),
+            codings: StoredCodings::single(header, Bytes::new()),
+            primary: Box::default(),
+            tags: Box::default(),
+            expires_at: Instant::now() + Duration::from_secs(3600),
+            upgrade_queued: AtomicBool::new(false),
+        }
+    }
+
     /// The entry's meta, served with `representation`'s header.
     fn meta(&self, representation: &Representation) -> Result<CacheMeta> {
         self.meta.with_header(representation.header()?)
@@ -276,9 +290,11 @@ impl MokaStorage {
     pub fn new(max_bytes: u64, keep_stale: Duration) -> MokaStorage {
         let evictions = Arc::new(AtomicU64::new(0));
         let evicted = evictions.clone();
+        let weights = Arc::new(PlaceholderWeight::default());
+        let weigher_weights = weights.clone();
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_, entry: &Arc<Entry>| entry.weight())
+            .weigher(move |_, entry: &Arc<Entry>| weigher_weights.or_else(|| entry.weight()))
             .expire_after(EntryExpiry)
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
@@ -286,6 +302,13 @@ impl MokaStorage {
                 }
             })
             .build();
+        sketch::size_for(
+            &entries,
+            &weights,
+            &Arc::new(Entry::placeholder()),
+            expected_entries(max_bytes),
+        );
+        evictions.store(0, Ordering::Relaxed);
         MokaStorage {
             evictions,
             entries,
