@@ -8,9 +8,10 @@
 //! response is stored only if its key had missed before within the window. While the cache has
 //! room, everything is stored. nginx's `proxy_cache_min_uses 2` is the same rule, always on.
 //!
-//! moka's own TinyLFU admission should do this, but moka 0.12 sizes its frequency sketch for a
-//! quarter of the entries a weighted cache holds (`entry_count × weighted_size / max_capacity`
-//! when half full), so its counts collide and age too fast to tell a second request from a first.
+//! moka's TinyLFU admission weighs a newcomer's recent frequency against its victim's, which
+//! with its sketch sized right ([`super::sketch`]) does most of this; the doorkeeper adds a
+//! little on top (Zipf replay, α 0.9: 0.603 without it, 0.6055 with it) and keeps one-off URLs
+//! out even when the sketch's counts collide.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
