@@ -163,7 +163,10 @@ impl AccessLog {
             };
             line.clear();
             let formatted = match self.format {
-                AccessLogFormat::Json => serde_json::to_writer(&mut *line, record).is_ok(),
+                AccessLogFormat::Json => {
+                    write_json(&mut line, record);
+                    true
+                }
                 AccessLogFormat::Combined => write_combined(&mut line, record).is_ok(),
             };
             if !formatted {
@@ -240,6 +243,139 @@ fn serialize_client<S: Serializer>(client: &Option<IpAddr>, serializer: S) -> Re
 
 fn serialize_version<S: Serializer>(version: &http::Version, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(version_name(*version))
+}
+
+/// The JSON line of `r`: the object its `Serialize` form gives, with the same keys in the same
+/// order and the same escaping, written directly (serde's field-by-field path and `Display`
+/// formatting cost about as much as the rest of a cache hit).
+fn write_json(out: &mut Vec<u8>, r: &Record) {
+    out.extend_from_slice(b"{\"time\":\"");
+    push_rfc3339_millis(out, r.time);
+    out.extend_from_slice(b"\",\"client\":\"");
+    match r.client {
+        Some(IpAddr::V4(ip)) => push_ipv4(out, ip),
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b"\",\"method\":");
+    push_json_str(out, r.method);
+    out.extend_from_slice(b",\"host\":");
+    push_json_str(out, r.host);
+    out.extend_from_slice(b",\"path\":");
+    push_json_str(out, r.path);
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(version_name(r.protocol).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes());
+    out.extend_from_slice(b",\"bytes\":");
+    out.extend_from_slice(itoa::Buffer::new().format(r.bytes).as_bytes());
+    out.extend_from_slice(b",\"referer\":");
+    push_json_str(out, r.referer);
+    out.extend_from_slice(b",\"user_agent\":");
+    push_json_str(out, r.user_agent);
+    out.extend_from_slice(b",\"cache\":");
+    push_json_str(out, r.cache);
+    out.extend_from_slice(b",\"origin\":");
+    push_json_str(out, r.origin);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    push_json_f64(out, r.upstream_ms);
+    out.extend_from_slice(b",\"total_ms\":");
+    push_json_f64(out, Some(r.total_ms));
+    out.extend_from_slice(b",\"error\":");
+    match &r.error {
+        Some(error) => push_json_str(out, error),
+        None => out.extend_from_slice(b"null"),
+    }
+    if let Some(route) = r.route {
+        out.extend_from_slice(b",\"route\":");
+        push_json_str(out, route);
+    }
+    out.push(b'}');
+}
+
+/// `value` as a JSON string, escaped as serde_json escapes it.
+fn push_json_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    let bytes = value.as_bytes();
+    let mut clean_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean_from..at]);
+        clean_from = at + 1;
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+    out.push(b'"');
+}
+
+/// A number as serde_json writes an `f64` (`null` when absent or not finite).
+fn push_json_f64(out: &mut Vec<u8>, value: Option<f64>) {
+    match value.filter(|v| v.is_finite()) {
+        Some(v) => out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// An IPv4 address in dotted decimal.
+fn push_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+    }
+}
+
+thread_local! {
+    /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`: lines of one second share it.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `time` as RFC 3339 with milliseconds (`2026-11-30T23:00:00.123Z`), as
+/// `humantime::format_rfc3339_millis` writes it, with the date part formatted once a second.
+fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
+    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let whole =
+                humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(second));
+            let text = whole.to_string();
+            if let Some(prefix) = text.as_bytes().get(..19) {
+                cached.1.copy_from_slice(prefix);
+                cached.0 = second;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    let millis = since_epoch.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// `HTTP/1.1` and the like.
@@ -359,6 +495,35 @@ mod tests {
             common_log_time(SystemTime::UNIX_EPOCH),
             "01/Jan/1970:00:00:00 +0000"
         );
+    }
+
+    #[test]
+    fn json_lines_are_what_serde_writes() {
+        let awkward = "q\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é😀 end";
+        let mut records = vec![record(), rejected(None, http::Version::HTTP_2)];
+        let mut full = record();
+        full.time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_075_999_007);
+        full.client = Some(IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]));
+        full.path = awkward;
+        full.referer = awkward;
+        full.user_agent = "";
+        full.upstream_ms = Some(12.0);
+        full.total_ms = 1234.5678;
+        full.error = Some(awkward.to_string());
+        full.route = Some("static \"assets\"");
+        records.push(full);
+        let mut odd = record();
+        odd.upstream_ms = Some(f64::NAN);
+        odd.total_ms = 1e-7;
+        odd.time = SystemTime::UNIX_EPOCH + Duration::from_millis(999);
+        odd.client = Some(IpAddr::from([255, 255, 0, 9]));
+        records.push(odd);
+        for record in &records {
+            let mut line = Vec::new();
+            write_json(&mut line, record);
+            let expected = serde_json::to_string(record).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), expected);
+        }
     }
 
     #[test]
