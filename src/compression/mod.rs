@@ -12,6 +12,7 @@
 //! before they reach the origin.
 
 pub mod accept;
+mod brotli_tables;
 pub mod stream;
 
 use std::io::{self, Read, Write};
@@ -90,7 +91,7 @@ impl Coding {
                     size_hint: data.len(),
                     ..Default::default()
                 };
-                let _ = brotli::BrotliCompress(&mut &data[..], &mut out, &params);
+                brotli_tables::compress(data, &mut out, &params);
                 out
             }
         }
