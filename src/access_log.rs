@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::config::AccessLogFormat;
+use crate::ip_text::IpText;
 use crate::lazy_thread::LazyThread;
 
 /// How often the writer thread writes out what is pending.
@@ -253,10 +254,7 @@ fn write_json(out: &mut Vec<u8>, r: &Record) {
     push_rfc3339_millis(out, r.time);
     out.extend_from_slice(b"\",\"client\":\"");
     match r.client {
-        Some(IpAddr::V4(ip)) => push_ipv4(out, ip),
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b"\",\"method\":");
@@ -335,16 +333,6 @@ fn push_json_f64(out: &mut Vec<u8>, value: Option<f64>) {
     }
 }
 
-/// An IPv4 address in dotted decimal.
-fn push_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
-        }
-        out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
-    }
-}
-
 thread_local! {
     /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`: lines of one second share it.
     static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
@@ -393,7 +381,7 @@ fn version_name(version: http::Version) -> &'static str {
 /// then `host=… cache=… origin=… upstream_ms=… total_ms=…` and `route=…` when a rule matched.
 fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
     match r.client {
-        Some(ip) => write!(out, "{ip}")?,
+        Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
         None => out.push(b'-'),
     }
     write!(

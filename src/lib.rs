@@ -49,6 +49,7 @@ pub mod event_kind;
 pub mod events;
 pub mod field_list;
 pub mod history;
+pub mod ip_text;
 pub mod lazy_thread;
 pub mod logging;
 pub mod metrics;
