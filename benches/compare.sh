@@ -22,6 +22,8 @@
 #   hit-1k, hit-64k   cached object, wrk 1 thread, CONNECTIONS connections
 #   pass-1k           origin says no-store: every request goes to the origin
 #   miss-1k           a new URL each request (cacheable, so stored and evicted)
+#   miss-html-1k      the same with 1 KiB of HTML: edgecache stores it with gzip and brotli
+#                     copies (compressed once, when stored), nginx and Varnish store it as is
 #   gzip-html         100 KiB HTML page, client sends Accept-Encoding: gzip (nginx compresses
 #                     each hit at level 1; Varnish and edgecache store gzip)
 #   h2-hit-1k         1 KiB hit over HTTP/2 + TLS 1.3, h2load -t1 -c64 -m10 (no Varnish: no TLS)
@@ -39,7 +41,7 @@ ACCESS_LOG=${ACCESS_LOG:-0}
 MODE=${MODE:-pinned}            # pinned: servers on SERVER_CPUS, load on CLIENT_CPUS; unpinned
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
-ROWS=${ROWS:-"mem-1k hit-1k hit-64k pass-1k miss-1k gzip-html h2-hit-1k"}
+ROWS=${ROWS:-"mem-1k hit-1k hit-64k pass-1k miss-1k miss-html-1k gzip-html h2-hit-1k"}
 CONTENDERS=${CONTENDERS:-"edgecache nginx varnish"}
 BASE_PORT=${BASE_PORT:-19080}
 OUT=${OUT:-$ROOT/target/compare-$(date +%Y%m%d-%H%M%S)}
@@ -78,6 +80,7 @@ page = ["<!doctype html><html><head><title>page</title></head><body>"]
 while sum(map(len, page)) < 100 * 1024:
     page.append("<p>" + " ".join(rand.choice(words) for _ in range(40)) + "</p>\n")
 open(os.path.join(root, "page.html"), "w").write("".join(page)[: 100 * 1024])
+open(os.path.join(root, "small.html"), "w").write("".join(page)[:1024])
 PY
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -101,6 +104,7 @@ http {
     location / { add_header Cache-Control "public, max-age=3600"; }
     location /nostore/ { alias $OUT/www/; add_header Cache-Control "no-store"; }
     location /fresh/ { try_files /small =404; add_header Cache-Control "public, max-age=3600"; }
+    location /fresh-html/ { try_files /small.html =404; add_header Cache-Control "public, max-age=3600"; }
   }
 }
 EOF
@@ -190,15 +194,19 @@ for who in $CONTENDERS; do "start_$who"; done
 for who in $CONTENDERS; do wait_for "http://127.0.0.1:${PORT[$who]}/small"; done
 HZ=$(getconf CLK_TCK)
 
-cat > unique.lua <<'EOF'
--- a new URL for each request: /fresh/<run>-<n>
+unique_urls_script() { # prefix file: a wrk script asking for a new URL each request
+  cat > "$2" <<EOF
+-- a new URL for each request: $1<run>-<n>
 local n = 0
 local run = tostring(os.time()) .. tostring(math.random(1e9))
 request = function()
   n = n + 1
-  return wrk.format("GET", "/fresh/" .. run .. "-" .. n)
+  return wrk.format("GET", "$1" .. run .. "-" .. n)
 end
 EOF
+}
+unique_urls_script /fresh/ unique.lua
+unique_urls_script /fresh-html/ unique-html.lua
 
 # One measurement: prints "req_per_s p99_ms server_cpu_us_per_request".
 measure() { # contender row
@@ -208,10 +216,10 @@ measure() { # contender row
     hit-64k) path=/medium ;;
     pass-1k) path=/nostore/small ;;
     gzip-html) path=/page.html; header=(-H "Accept-Encoding: gzip") ;;
-    miss-1k) path=/ ;;
+    miss-1k|miss-html-1k) path=/ ;;
     h2-hit-1k) path=/small ;;
   esac
-  if [ "$row" != miss-1k ]; then  # warm the cache
+  if [ "${row#miss-}" = "$row" ]; then  # warm the cache
     for _ in 1 2 3; do curl -s -o /dev/null "${header[@]}" "http://127.0.0.1:$port$path"; done
   fi
   local before; before=$(cpu_ticks "$who")
@@ -224,6 +232,7 @@ measure() { # contender row
   else
     local script=()
     [ "$row" = miss-1k ] && script=(-s unique.lua)
+    [ "$row" = miss-html-1k ] && script=(-s unique-html.lua)
     out=$(client_cmd wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "${header[@]}" "http://127.0.0.1:$port$path" 2>&1)
     rps=$(echo "$out" | awk '/^Requests\/sec/{print $2}')
     n=$(echo "$out" | awk '/requests in/{print $1}')
