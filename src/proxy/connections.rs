@@ -554,7 +554,8 @@ where
         let ip = peer_ip(stream.get_socket_digest().as_deref());
         let _slot = self.table.admit(ip)?;
         match self.speaks_h2(&mut stream).await? {
-            true => self.serve_h2(stream, ip, shutdown).await,
+            // Boxed: inline, HTTP/2's larger connection state would size every connection's.
+            true => Box::pin(self.serve_h2(stream, ip, shutdown)).await,
             false => self.serve_h1(stream, ip, shutdown).await,
         }
         None
