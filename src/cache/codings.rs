@@ -133,12 +133,20 @@ impl StoredCodings {
         brotli.or(gzip).unwrap_or(&self.primary)
     }
 
-    /// Bytes of bodies and headers.
+    /// Bytes of bodies and headers (a header buffer the codings share counts once).
     pub fn weight(&self) -> usize {
+        let primary = &self.primary.packed;
         [Some(&self.primary), self.gzip.as_deref(), self.brotli.as_deref()]
             .into_iter()
             .flatten()
-            .map(|r| r.body.len() + r.packed.weight() + PACKED_HEADER_OVERHEAD)
+            .map(|r| {
+                let shared = !std::ptr::eq(r, &self.primary) && r.packed.shares_buffer_with(primary);
+                let header = match shared {
+                    true => r.packed.spans_weight(),
+                    false => r.packed.weight(),
+                };
+                r.body.len() + header + PACKED_HEADER_OVERHEAD
+            })
             .sum()
     }
 
@@ -201,26 +209,48 @@ impl StoredCodings {
         bodies: Bodies,
         brotli_upgradable: bool,
     ) -> Result<StoredCodings> {
-        let represent = |coding: Coding, body: Bytes, weak: bool| -> Result<Representation> {
+        let header_for = |coding: Coding, body: &Bytes, weak: bool| -> Result<ResponseHeader> {
             let mut header = origin_header.clone();
             compression::recode_header(&mut header, origin_coding, coding, weak)?;
             header.remove_header(&http::header::TRANSFER_ENCODING);
             header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
             compression::add_vary_accept_encoding(&mut header)?;
-            Ok(Representation::new(coding, &header, body))
+            Ok(header)
         };
+        // A first-pass brotli body is replaced later, so its ETag must not claim byte equality
+        // with the final one.
+        let codings = [
+            (Coding::Identity, Some(bodies.identity), false),
+            (Coding::Gzip, bodies.gzip, false),
+            (Coding::Brotli, bodies.brotli, brotli_upgradable),
+        ];
+        let mut stored = Vec::with_capacity(codings.len());
+        for (coding, body, weak) in codings {
+            if let Some(body) = body {
+                stored.push((coding, header_for(coding, &body, weak)?, body));
+            }
+        }
+        // The codings' headers differ in a few fields: packed together, the rest is kept once.
+        let headers: Vec<&ResponseHeader> = stored.iter().map(|(_, header, _)| header).collect();
+        let packed = PackedHeader::pack_all(&headers);
+        let mut representations = stored
+            .into_iter()
+            .zip(packed)
+            .map(|((coding, _, body), packed)| Representation { coding, packed, body });
+        let primary = representations.next().ok_or_else(|| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "no identity coding")
+        })?;
+        let (mut gzip, mut brotli) = (None, None);
+        for representation in representations {
+            match representation.coding {
+                Coding::Gzip => gzip = Some(Box::new(representation)),
+                _ => brotli = Some(Box::new(representation)),
+            }
+        }
         Ok(StoredCodings {
-            primary: represent(Coding::Identity, bodies.identity, false)?,
-            gzip: bodies
-                .gzip
-                .map(|b| represent(Coding::Gzip, b, false).map(Box::new))
-                .transpose()?,
-            // A first-pass brotli body is replaced later, so its ETag must not claim byte
-            // equality with the final one.
-            brotli: bodies
-                .brotli
-                .map(|b| represent(Coding::Brotli, b, brotli_upgradable).map(Box::new))
-                .transpose()?,
+            primary,
+            gzip,
+            brotli,
             origin_coding,
             brotli_upgradable,
         })

@@ -4,6 +4,10 @@
 //! names that are not common response field names) sit end to end in one `Bytes`, common names
 //! are one byte, and a hit unpacks them: values are slices of the shared buffer, not copies, and
 //! common names are copied from a table instead of parsed again.
+//!
+//! The headers of one response's codings (identity, gzip, brotli) differ in a few fields only;
+//! packed together ([`PackedHeader::pack_all`]) they share one buffer that holds each distinct
+//! field once.
 
 use bytes::Bytes;
 use http::header;
@@ -59,8 +63,9 @@ const STORED_NAME: u8 = u8::MAX;
 struct Span {
     /// Index in [`COMMON_NAMES`], or [`STORED_NAME`].
     name: u8,
-    /// End of the stored name (its start is the previous field's end); equal to that start
-    /// for a common name.
+    /// Start of the stored name, or of the value for a common name.
+    start: u32,
+    /// End of the stored name (`start` for a common name).
     name_end: u32,
     /// End of the value, which starts at `name_end`.
     value_end: u32,
@@ -73,46 +78,49 @@ pub struct PackedHeader {
     version: http::Version,
     /// A reason phrase other than the status's canonical one.
     reason: Option<Box<str>>,
-    /// Every stored name and value, end to end.
+    /// Every stored name and value; shared by the headers packed together.
     fields: Bytes,
-    /// Each field's name and where it ends in `fields`.
+    /// Each field's name and where it sits in `fields`.
     spans: Box<[Span]>,
 }
 
 impl PackedHeader {
     /// Packs `header` (its status and fields; names come out lower-case).
     pub fn pack(header: &ResponseHeader) -> PackedHeader {
-        let size: usize = header
-            .headers
+        let mut packed = PackedHeader::pack_all(&[header]);
+        packed.swap_remove(0)
+    }
+
+    /// Packs `headers` into one shared buffer in which a field that several of them carry
+    /// (same name, same value) is stored once.
+    pub fn pack_all(headers: &[&ResponseHeader]) -> Vec<PackedHeader> {
+        let mut fields = Vec::new();
+        let mut all_spans: Vec<Vec<Span>> = Vec::with_capacity(headers.len());
+        for header in headers {
+            let mut spans = Vec::with_capacity(header.headers.len());
+            for (name, value) in &header.headers {
+                let earlier = all_spans
+                    .iter()
+                    .flatten()
+                    .chain(&spans)
+                    .find(|span| span_holds(&fields, span, name, value.as_bytes()))
+                    .copied();
+                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, name, value.as_bytes())));
+            }
+            all_spans.push(spans);
+        }
+        let fields = Bytes::from(fields);
+        headers
             .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
-        let mut fields = Vec::with_capacity(size);
-        let mut spans = Vec::with_capacity(header.headers.len());
-        for (name, value) in &header.headers {
-            let common = COMMON_NAMES.iter().position(|common| common == name);
-            let name = match common.and_then(|index| u8::try_from(index).ok()) {
-                Some(index) => index,
-                None => {
-                    fields.extend_from_slice(name.as_str().as_bytes());
-                    STORED_NAME
-                }
-            };
-            let name_end = fields.len() as u32;
-            fields.extend_from_slice(value.as_bytes());
-            spans.push(Span {
-                name,
-                name_end,
-                value_end: fields.len() as u32,
-            });
-        }
-        PackedHeader {
-            status: header.status,
-            version: header.version,
-            reason: header.get_reason_phrase().map(Into::into),
-            fields: Bytes::from(fields),
-            spans: spans.into_boxed_slice(),
-        }
+            .zip(all_spans)
+            .map(|(header, spans)| PackedHeader {
+                status: header.status,
+                version: header.version,
+                reason: header.get_reason_phrase().map(Into::into),
+                fields: fields.clone(),
+                spans: spans.into_boxed_slice(),
+            })
+            .collect()
     }
 
     /// The header again, as pingora serves it. The map is filled directly: pingora's
@@ -154,19 +162,65 @@ impl PackedHeader {
 
     /// Bytes held: the buffer and the spans.
     pub fn weight(&self) -> usize {
-        self.fields.len() + self.spans.len() * std::mem::size_of::<Span>()
+        self.fields.len() + self.spans_weight()
+    }
+
+    /// Bytes held by the spans alone: what a header packed together with another adds.
+    pub fn spans_weight(&self) -> usize {
+        self.spans.len() * std::mem::size_of::<Span>()
+    }
+
+    /// Whether `self` and `other` were packed together (they share one buffer).
+    pub fn shares_buffer_with(&self, other: &PackedHeader) -> bool {
+        self.fields.as_ptr() == other.fields.as_ptr() && self.fields.len() == other.fields.len()
     }
 
     /// Each field's span, with the (start, end) of its stored name (empty for a common name)
     /// and of its value in `fields`.
     fn fields(&self) -> impl Iterator<Item = (Span, (usize, usize), (usize, usize))> + '_ {
-        let mut start = 0;
-        self.spans.iter().map(move |&span| {
-            let (name_end, value_end) = (span.name_end as usize, span.value_end as usize);
-            let spans = (span, (start, name_end), (name_end, value_end));
-            start = value_end;
-            spans
+        self.spans.iter().map(|&span| {
+            let (start, name_end, value_end) = (
+                span.start as usize,
+                span.name_end as usize,
+                span.value_end as usize,
+            );
+            (span, (start, name_end), (name_end, value_end))
         })
+    }
+}
+
+/// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`].
+fn name_index(name: &HeaderName) -> u8 {
+    COMMON_NAMES
+        .iter()
+        .position(|common| common == name)
+        .and_then(|index| u8::try_from(index).ok())
+        .unwrap_or(STORED_NAME)
+}
+
+/// Whether `span` in `fields` is the field `name: value`.
+fn span_holds(fields: &[u8], span: &Span, name: &HeaderName, value: &[u8]) -> bool {
+    let same_name = match COMMON_NAMES.get(usize::from(span.name)) {
+        Some(common) => common == name,
+        None => &fields[span.start as usize..span.name_end as usize] == name.as_str().as_bytes(),
+    };
+    same_name && &fields[span.name_end as usize..span.value_end as usize] == value
+}
+
+/// Appends the field `name: value` to `fields` (the name only when it is not a common one).
+fn push_field(fields: &mut Vec<u8>, name: &HeaderName, value: &[u8]) -> Span {
+    let start = fields.len() as u32;
+    let index = name_index(name);
+    if index == STORED_NAME {
+        fields.extend_from_slice(name.as_str().as_bytes());
+    }
+    let name_end = fields.len() as u32;
+    fields.extend_from_slice(value);
+    Span {
+        name: index,
+        start,
+        name_end,
+        value_end: fields.len() as u32,
     }
 }
 
@@ -195,7 +249,45 @@ mod tests {
         assert_eq!(packed.get("cdn-cache-control"), Some(&b"max-age=60"[..]));
         assert_eq!(packed.get("x-empty"), Some(&b""[..]));
         assert_eq!(packed.get("vary"), Some(&b"accept-encoding"[..]));
-        assert!(packed.weight() < 150, "{}", packed.weight());
+        assert!(packed.weight() < 180, "{}", packed.weight());
+    }
+
+    #[test]
+    fn headers_packed_together_keep_each_shared_field_once() {
+        let mut identity = ResponseHeader::build(200, None).unwrap();
+        identity
+            .append_header("content-type", "text/html; charset=utf-8")
+            .unwrap();
+        identity
+            .append_header("x-request-trace", "abcdef0123456789")
+            .unwrap();
+        identity.append_header("etag", "\"v1\"").unwrap();
+        identity.append_header("content-length", "5000").unwrap();
+        let mut gzip = identity.clone();
+        gzip.insert_header("etag", "W/\"v1~gz\"").unwrap();
+        gzip.insert_header("content-length", "900").unwrap();
+        gzip.append_header("content-encoding", "gzip").unwrap();
+        let mut odd = ResponseHeader::build(404, None).unwrap();
+        odd.set_reason_phrase(Some("Nope")).unwrap();
+        odd.append_header("x-request-trace", "abcdef0123456789").unwrap();
+        odd.append_header("x-request-trace", "abcdef0123456789").unwrap();
+
+        let packed = PackedHeader::pack_all(&[&identity, &gzip, &odd]);
+        for (packed, header) in packed.iter().zip([&identity, &gzip, &odd]) {
+            let back = packed.unpack().unwrap();
+            assert_eq!(back.status, header.status);
+            assert_eq!(back.get_reason_phrase(), header.get_reason_phrase());
+            assert_eq!(back.headers, header.headers);
+            assert!(!packed.shares_buffer_with(&PackedHeader::pack(header)));
+        }
+        assert!(packed[1].shares_buffer_with(&packed[0]) && packed[2].shares_buffer_with(&packed[0]));
+        assert_eq!(packed[1].get("etag"), Some(&b"W/\"v1~gz\""[..]));
+        assert_eq!(packed[0].get("etag"), Some(&b"\"v1\""[..]));
+        let alone = PackedHeader::pack(&identity).weight();
+        let added = packed[0].weight() - alone;
+        // gzip adds the values of its three fields (`content-encoding` is a common name);
+        // `odd` adds nothing: its field is the identity's.
+        assert_eq!(added, "W/\"v1~gz\"".len() + "900".len() + "gzip".len());
     }
 
     #[test]
