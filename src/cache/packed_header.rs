@@ -109,7 +109,9 @@ impl PackedHeader {
             }
             all_spans.push(spans);
         }
-        let fields = Bytes::from(fields);
+        // Trimmed to its length: `Bytes` keeps a `Vec`'s spare capacity, which `weight` would
+        // not count.
+        let fields = Bytes::from(fields.into_boxed_slice());
         headers
             .iter()
             .zip(all_spans)
