@@ -244,7 +244,8 @@ impl StoredCodings {
         for representation in representations {
             match representation.coding {
                 Coding::Gzip => gzip = Some(Box::new(representation)),
-                _ => brotli = Some(Box::new(representation)),
+                Coding::Brotli => brotli = Some(Box::new(representation)),
+                Coding::Identity => {}
             }
         }
         Ok(StoredCodings {
