@@ -112,14 +112,20 @@ impl PackedHeader {
         // Trimmed to its length: `Bytes` keeps a `Vec`'s spare capacity, which `weight` would
         // not count.
         let fields = Bytes::from(fields.into_boxed_slice());
+        // The last header takes the buffer itself: cloning a `Bytes` allocates the count that
+        // shares it, which a header packed alone does not need.
+        let others = headers.len().saturating_sub(1);
+        let mut buffers: Vec<Bytes> = std::iter::repeat_with(|| fields.clone()).take(others).collect();
+        buffers.push(fields);
         headers
             .iter()
             .zip(all_spans)
-            .map(|(header, spans)| PackedHeader {
+            .zip(buffers)
+            .map(|((header, spans), fields)| PackedHeader {
                 status: header.status,
                 version: header.version,
                 reason: header.get_reason_phrase().map(Into::into),
-                fields: fields.clone(),
+                fields,
                 spans: spans.into_boxed_slice(),
             })
             .collect()
