@@ -361,9 +361,7 @@ async fn start_processes(
     origin: &Origin,
     extra: &str,
 ) -> (Cluster, Vec<NodeProcess>) {
-    let dir = std::env::temp_dir().join(format!("edgecache-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir(&format!("cluster-{name}"));
     let port = cluster_port(count as u8);
     let admin_port = cluster_port(count as u8);
     let processes = (0..count)
@@ -471,9 +469,7 @@ async fn a_node_added_by_reload_takes_a_quarter_of_the_keys_without_refetching_t
     for path in &paths {
         counted(&origin, path);
     }
-    let dir = std::env::temp_dir().join(format!("edgecache-cluster-grow-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("cluster-grow");
     let port = cluster_port(4);
     let admin_port = cluster_port(4);
     let write = |node: usize, nodes: usize| {

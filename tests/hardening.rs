@@ -470,8 +470,7 @@ fn the_default_site_needs_no_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_rejected_as_malformed_still_get_an_access_log_line() {
     let origin = Origin::start().await;
-    let dir = std::env::temp_dir().join(format!("edgecache-rejected-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("rejected-log");
     let log = dir.join("access.log");
     let proxy = Proxy::start_with_server(
         &format!(

@@ -25,8 +25,7 @@ struct Node {
 impl Node {
     /// Starts a node whose config is `[server]` keys, `[admin]`, then `body`.
     fn start(name: &str, server_keys: &str, body: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!("edgecache-ops-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir(&format!("ops-{name}"));
         let (addr, admin) = (free_port(), free_port());
         let file = dir.join("edgecache.toml");
         std::fs::write(&file, Node::config(addr, admin, server_keys, body)).unwrap();
@@ -525,8 +524,7 @@ async fn reload_swaps_origins_and_a_broken_file_keeps_the_running_config() {
 async fn access_log_lines_and_server_timing() {
     let origin = Origin::start().await;
     origin.fixed("/logged", "max-age=600", "logged");
-    let dir = std::env::temp_dir().join(format!("edgecache-ops-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("ops-log");
     for (format, check) in [("json", 0), ("combined", 1)] {
         let log = dir.join(format!("access-{format}.log"));
         let keys = format!(

@@ -89,10 +89,7 @@ impl Drop for Running {
 
 /// A fresh directory for one test's config, pid file and upgrade socket.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgecache-proc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("proc-{name}"))
 }
 
 fn write_config(dir: &Path, listen: SocketAddr, origin: SocketAddr) -> PathBuf {

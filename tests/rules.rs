@@ -275,8 +275,7 @@ struct Node {
 
 impl Node {
     fn start(name: &str, site: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!("edgecache-rules-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir(&format!("rules-{name}"));
         let (addr, admin) = (free_port(), free_port());
         let file = dir.join("edgecache.toml");
         std::fs::write(&file, Node::config(addr, admin, site)).unwrap();

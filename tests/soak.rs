@@ -306,8 +306,7 @@ async fn soak(settings: Settings) {
     let mut origin = Origin::start().await;
     routes(&origin);
     let origin_addr = origin.addr;
-    let dir = std::env::temp_dir().join(format!("edgecache-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("soak");
     let listen = free_port();
     let config = dir.join("edgecache.toml");
     std::fs::write(&config, config_text(listen, origin_addr, &dir, "soak-a")).unwrap();

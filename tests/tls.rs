@@ -21,8 +21,7 @@ struct TestPki {
 
 impl TestPki {
     fn new(name: &str, hosts: &[&str]) -> TestPki {
-        let dir = std::env::temp_dir().join(format!("edgecache-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir(&format!("tls-{name}"));
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();

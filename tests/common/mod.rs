@@ -315,6 +315,20 @@ pub fn free_port() -> SocketAddr {
     }
 }
 
+/// A fresh, empty directory under the system temp dir for one test's files (configs, keys,
+/// logs). The name carries the process id and a per-process sequence number, so two tests of one
+/// binary never share a directory even when they pass the same `label`, and one test removing its
+/// directory cannot pull files from under another.
+pub fn scratch_dir(label: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("edgecache-{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A loopback address where nothing listens (connections are refused).
 pub fn closed_port() -> SocketAddr {
     free_port()
