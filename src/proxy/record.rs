@@ -34,6 +34,7 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
     let Some(log) = &ctx.runtime.access_log else {
         return;
     };
+    let error_text = error.map(|e| e.to_string());
     let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     log.log(&access_log::Record {
         time: SystemTime::now() - total,
@@ -50,7 +51,7 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
         origin: ctx.upstream.addr.as_deref().unwrap_or("-"),
         upstream_ms: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0),
         total_ms: total.as_secs_f64() * 1000.0,
-        error: error.map(|e| e.to_string()),
+        error: error_text.as_deref(),
         route: sample.route,
     });
 }
