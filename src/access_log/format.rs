@@ -165,41 +165,79 @@ pub(super) fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
         Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
         None => out.push(b'-'),
     }
-    write!(
-        out,
-        " - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} cache={} origin={} upstream_ms=",
-        common_log_time(r.time),
-        r.method,
-        r.path,
-        version_name(r.protocol),
-        r.status,
-        r.bytes,
-        quoted(r.referer),
-        quoted(r.user_agent),
-        r.host,
-        r.cache,
-        r.origin,
-    )?;
+    out.extend_from_slice(b" - - [");
+    push_common_log_time(out, r.time);
+    out.extend_from_slice(b"] \"");
+    for (text, separator) in [
+        (r.method, b" " as &[u8]),
+        (r.path, b" "),
+        (version_name(r.protocol), b"\" "),
+    ] {
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(separator);
+    }
+    out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(r.bytes).as_bytes());
+    out.extend_from_slice(b" \"");
+    push_quoted(out, r.referer);
+    out.extend_from_slice(b"\" \"");
+    push_quoted(out, r.user_agent);
+    for (label, text) in [
+        (b"\" host=" as &[u8], r.host),
+        (b" cache=", r.cache),
+        (b" origin=", r.origin),
+    ] {
+        out.extend_from_slice(label);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(b" upstream_ms=");
     match r.upstream_ms {
         Some(ms) => write!(out, "{ms:.3}")?,
         None => out.push(b'-'),
     }
     write!(out, " total_ms={:.3}", r.total_ms)?;
     if let Some(route) = r.route {
-        write!(out, " route={route}")?;
+        out.extend_from_slice(b" route=");
+        out.extend_from_slice(route.as_bytes());
     }
     Ok(())
 }
 
-/// A header value safe inside double quotes (`-` when empty).
-fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
+/// A header value safe inside double quotes: backslashes and quotes escaped, `-` when empty.
+fn push_quoted(out: &mut Vec<u8>, value: &str) {
     if value.is_empty() {
-        return "-".into();
+        out.push(b'-');
+        return;
     }
-    if !value.contains(['\\', '"']) {
-        return value.into();
+    for &byte in value.as_bytes() {
+        if byte == b'\\' || byte == b'"' {
+            out.push(b'\\');
+        }
+        out.push(byte);
     }
-    value.replace('\\', "\\\\").replace('"', "\\\"").into()
+}
+
+thread_local! {
+    /// The second last formatted for the combined format, and its text.
+    static COMMON_SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `time` as the common log format writes it, the text made once a second.
+fn push_common_log_time(out: &mut Vec<u8>, time: SystemTime) {
+    let second = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    COMMON_SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (
+                second,
+                common_log_time(SystemTime::UNIX_EPOCH + Duration::from_secs(second)),
+            );
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
 }
 
 /// `27/Nov/2026:16:28:19 +0000` (the common log format's time, in UTC).
@@ -253,6 +291,26 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("upstream_ms=- total_ms=0.250"), "{line}");
+    }
+
+    #[test]
+    fn combined_lines_carry_every_field_in_order() {
+        let mut full = record();
+        full.time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_075_999_007);
+        full.client = None;
+        full.referer = "https://a.test/\\x";
+        full.upstream_ms = Some(12.0625);
+        full.total_ms = 1234.5678;
+        full.route = Some("static");
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            write_combined(&mut lines, &full).unwrap();
+            lines.push(b'\n');
+        }
+        let line = "- - - [30/Nov/2026:21:59:59 +0000] \"GET /a?b=1 HTTP/1.1\" 200 512 \
+                    \"https://a.test/\\\\x\" \"curl/8 \\\"x\\\"\" host=example.com cache=hit origin=- \
+                    upstream_ms=12.062 total_ms=1234.568 route=static\n";
+        assert_eq!(String::from_utf8(lines).unwrap(), line.repeat(2));
     }
 
     #[test]
