@@ -3,8 +3,8 @@
 //!
 //! A request copies its record into the log's pending bytes ([`packed`]): no formatting, no
 //! allocation, no system call and no wake-up of another thread per request. A dedicated thread
-//! turns what is pending into lines ([`format`]) every [`WRITE_INTERVAL`] and writes them in one
-//! write, so neither formatting nor a slow disk is on a request's path; past
+//! turns what is pending into lines ([`format`]) every [`WRITE_INTERVAL`] and writes them in
+//! 64 KiB blocks, so neither formatting nor a slow disk is on a request's path; past
 //! [`MAX_PENDING_BYTES`] waiting, lines are dropped and counted. Each reload opens the
 //! destination again, so a rotated file is followed.
 
@@ -120,8 +120,8 @@ struct Output {
     format: AccessLogFormat,
     /// The records being written (swapped with the pending ones, capacity kept).
     batch: Vec<u8>,
-    /// Their lines (capacity kept).
-    text: Vec<u8>,
+    /// The line being formatted (capacity kept).
+    line: Vec<u8>,
     name: String,
     failed: bool,
 }
@@ -141,7 +141,7 @@ impl AccessLog {
                 file: BufWriter::with_capacity(64 * 1024, destination),
                 format,
                 batch: Vec::with_capacity(64 * 1024),
-                text: Vec::with_capacity(64 * 1024),
+                line: Vec::with_capacity(1024),
                 name: PathBuf::from(path).display().to_string(),
                 failed: false,
             }),
@@ -188,30 +188,36 @@ impl Shared {
         if out.batch.is_empty() {
             return;
         }
-        out.text.clear();
-        for record in packed::records(&out.batch) {
-            let line_start = out.text.len();
-            let formatted = match out.format {
-                AccessLogFormat::Json => {
-                    format::write_json(&mut out.text, &record);
-                    true
-                }
-                AccessLogFormat::Combined => format::write_combined(&mut out.text, &record).is_ok(),
-            };
-            if formatted {
-                out.text.push(b'\n');
-            } else {
-                out.text.truncate(line_start);
-            }
-        }
+        let result = out.write_batch().and_then(|_| out.file.flush());
         out.batch.clear();
-        let result = out.file.write_all(&out.text).and_then(|_| out.file.flush());
         if let Err(error) = result {
             if !out.failed {
                 tracing::error!(%error, file = %out.name, "cannot write the access log");
             }
             out.failed = true;
         }
+    }
+}
+
+impl Output {
+    /// Formats the records of `batch` and hands each line to the buffered file, which writes
+    /// them in blocks of its capacity: the text of a batch is never held whole.
+    fn write_batch(&mut self) -> io::Result<()> {
+        for record in packed::records(&self.batch) {
+            self.line.clear();
+            let formatted = match self.format {
+                AccessLogFormat::Json => {
+                    format::write_json(&mut self.line, &record);
+                    true
+                }
+                AccessLogFormat::Combined => format::write_combined(&mut self.line, &record).is_ok(),
+            };
+            if formatted {
+                self.line.push(b'\n');
+                self.file.write_all(&self.line)?;
+            }
+        }
+        Ok(())
     }
 }
 
