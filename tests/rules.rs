@@ -338,12 +338,13 @@ async fn a_purge_by_url_finds_the_entry_under_its_normalised_key() {
     let (_, cache, _) = get(&node.proxy, "/p?v=1", &[]).await;
     assert!(cache.contains("fwd=uri-miss"), "{cache}");
     assert_eq!(origin.hits("/p"), 2);
-    let metrics = node.admin(reqwest::Method::GET, "/metrics", None).await;
-    let metrics = metrics.as_str().unwrap();
-    assert!(
-        metrics.contains(r#"edgecache_route_requests_total{route="pages",site="127.0.0.1"} 2"#),
-        "{metrics}"
-    );
+    // A request is counted once its response is sent: the last one may still be on its way.
+    let counted = r#"edgecache_route_requests_total{route="pages",site="127.0.0.1"} 2"#;
+    common::eventually_async(Duration::from_secs(5), "both requests are counted", || async {
+        let metrics = node.admin(reqwest::Method::GET, "/metrics", None).await;
+        metrics.as_str().is_some_and(|text| text.contains(counted))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
