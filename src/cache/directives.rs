@@ -12,6 +12,9 @@ use crate::field_list;
 /// Response header that targets CDNs (RFC 9213) and overrides `Cache-Control` for them.
 pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
+/// [`CDN_CACHE_CONTROL`] as a header name, made once.
+pub const CDN_CACHE_CONTROL_NAME: http::HeaderName = http::HeaderName::from_static(CDN_CACHE_CONTROL);
+
 /// Directives whose value is a number of seconds.
 const SECONDS_DIRECTIVES: [&str; 4] = ["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"];
 
@@ -35,7 +38,7 @@ pub fn uses_targeted_field(resp: &ResponseHeader) -> bool {
 /// `None` when absent or invalid (the whole field is then ignored, RFC 9213 §2.1).
 fn targeted_cache_control(resp: &ResponseHeader) -> Option<CacheControl> {
     let mut joined = Vec::new();
-    for line in resp.headers.get_all(CDN_CACHE_CONTROL) {
+    for line in resp.headers.get_all(&CDN_CACHE_CONTROL_NAME) {
         if !joined.is_empty() {
             joined.extend_from_slice(b", ");
         }
@@ -102,32 +105,35 @@ pub fn freshness_is_unreliable(resp: &ResponseHeader) -> bool {
     if uses_targeted_field(resp) {
         return false;
     }
-    ["max-age", "s-maxage"].into_iter().any(|directive| {
-        let mut seen: Option<&str> = None;
-        for item in field_list::items(&resp.headers, http::header::CACHE_CONTROL) {
-            let Some((name, value)) = item.split_once('=') else {
-                continue;
-            };
-            if !name.trim().eq_ignore_ascii_case(directive) {
-                continue;
-            }
-            let value = value.trim();
-            let digits = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return true;
-            }
-            match seen {
-                Some(earlier) if earlier.trim_start_matches('0') != digits.trim_start_matches('0') => {
-                    return true
-                }
-                _ => seen = Some(digits),
-            }
+    // The first value of `max-age` and of `s-maxage`, in one pass over the field.
+    let mut seen: [Option<&str>; 2] = [None, None];
+    for item in field_list::items(&resp.headers, http::header::CACHE_CONTROL) {
+        let Some((name, value)) = item.split_once('=') else {
+            continue;
+        };
+        let name = name.trim();
+        let Some(slot) = ["max-age", "s-maxage"]
+            .iter()
+            .position(|directive| name.eq_ignore_ascii_case(directive))
+        else {
+            continue;
+        };
+        let value = value.trim();
+        let digits = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return true;
         }
-        false
-    })
+        match seen[slot] {
+            Some(earlier) if earlier.trim_start_matches('0') != digits.trim_start_matches('0') => {
+                return true
+            }
+            _ => seen[slot] = Some(digits),
+        }
+    }
+    false
 }
 
 /// The `Age` the response arrived with, in seconds: the first member, across field lines, that

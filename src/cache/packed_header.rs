@@ -94,18 +94,28 @@ impl PackedHeader {
     /// Packs `headers` into one shared buffer in which a field that several of them carry
     /// (same name, same value) is stored once.
     pub fn pack_all(headers: &[&ResponseHeader]) -> Vec<PackedHeader> {
-        let mut fields = Vec::new();
+        // Room for the first header's names and values: most of what the others carry is
+        // shared with it, so the buffer rarely grows.
+        let first_len = headers.first().map_or(0, |header| {
+            header
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum()
+        });
+        let mut fields = Vec::with_capacity(first_len);
         let mut all_spans: Vec<Vec<Span>> = Vec::with_capacity(headers.len());
         for header in headers {
             let mut spans = Vec::with_capacity(header.headers.len());
             for (name, value) in &header.headers {
+                let index = name_index(name);
                 let earlier = all_spans
                     .iter()
                     .flatten()
                     .chain(&spans)
-                    .find(|span| span_holds(&fields, span, name, value.as_bytes()))
+                    .find(|span| span_holds(&fields, span, index, name, value.as_bytes()))
                     .copied();
-                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, name, value.as_bytes())));
+                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, index, name, value.as_bytes())));
             }
             all_spans.push(spans);
         }
@@ -206,19 +216,19 @@ fn name_index(name: &HeaderName) -> u8 {
         .unwrap_or(STORED_NAME)
 }
 
-/// Whether `span` in `fields` is the field `name: value`.
-fn span_holds(fields: &[u8], span: &Span, name: &HeaderName, value: &[u8]) -> bool {
-    let same_name = match COMMON_NAMES.get(usize::from(span.name)) {
-        Some(common) => common == name,
-        None => &fields[span.start as usize..span.name_end as usize] == name.as_str().as_bytes(),
-    };
+/// Whether `span` in `fields` is the field `name: value`, `index` being `name`'s
+/// [`name_index`].
+fn span_holds(fields: &[u8], span: &Span, index: u8, name: &HeaderName, value: &[u8]) -> bool {
+    let same_name = span.name == index
+        && (index != STORED_NAME
+            || &fields[span.start as usize..span.name_end as usize] == name.as_str().as_bytes());
     same_name && &fields[span.name_end as usize..span.value_end as usize] == value
 }
 
-/// Appends the field `name: value` to `fields` (the name only when it is not a common one).
-fn push_field(fields: &mut Vec<u8>, name: &HeaderName, value: &[u8]) -> Span {
+/// Appends the field `name: value` to `fields` (the name only when it is not a common one,
+/// `index` being its [`name_index`]).
+fn push_field(fields: &mut Vec<u8>, index: u8, name: &HeaderName, value: &[u8]) -> Span {
     let start = fields.len() as u32;
-    let index = name_index(name);
     if index == STORED_NAME {
         fields.extend_from_slice(name.as_str().as_bytes());
     }

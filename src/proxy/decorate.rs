@@ -9,11 +9,8 @@ use pingora::Result;
 
 use super::cache_status::{remaining_ttl, CacheOutcome, CacheStatus, CACHE_STATUS};
 use super::ctx::RequestCtx;
-use crate::cache::directives::CDN_CACHE_CONTROL;
+use crate::cache::directives::CDN_CACHE_CONTROL_NAME;
 use crate::cache::storage::TAG_HEADERS;
-
-/// `CDN-Cache-Control`, parsed once.
-const CDN_CACHE_CONTROL_NAME: http::HeaderName = http::HeaderName::from_static(CDN_CACHE_CONTROL);
 
 /// Adds and removes the headers every response gets; `ctx.cache.outcome` is set.
 pub fn decorate(
