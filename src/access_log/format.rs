@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
+use std::thread::LocalKey;
 use std::time::{Duration, SystemTime};
 
 use super::Record;
@@ -15,10 +16,7 @@ pub(super) fn write_json(out: &mut Vec<u8>, r: &Record) {
     out.extend_from_slice(b"{\"time\":\"");
     push_rfc3339_millis(out, r.time);
     out.extend_from_slice(b"\",\"client\":\"");
-    match r.client {
-        Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
-        None => out.push(b'-'),
-    }
+    push_client(out, r.client);
     out.extend_from_slice(b"\",\"method\":");
     push_json_str(out, r.method);
     out.extend_from_slice(b",\"host\":");
@@ -115,27 +113,43 @@ fn push_json_f64(out: &mut Vec<u8>, value: Option<f64>) {
 }
 
 thread_local! {
-    /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`: lines of one second share it.
-    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    /// The second last formatted as RFC 3339 (`YYYY-MM-DDTHH:MM:SS`): lines of one second
+    /// share it.
+    static RFC3339_SECOND: SecondText = const { RefCell::new((u64::MAX, String::new())) };
+    /// The second last formatted for the combined format (`27/Nov/2026:16:28:19 +0000`).
+    static COMMON_SECOND: SecondText = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// A second since the epoch and its text in one format.
+type SecondText = RefCell<(u64, String)>;
+
+/// Appends the text of `second` kept in `cache`, made by `format` when the second changes.
+fn push_second(
+    out: &mut Vec<u8>,
+    cache: &'static LocalKey<SecondText>,
+    second: u64,
+    format: fn(SystemTime) -> String,
+) {
+    cache.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (
+                second,
+                format(SystemTime::UNIX_EPOCH + Duration::from_secs(second)),
+            );
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
 }
 
 /// `time` as RFC 3339 with milliseconds (`2026-11-30T23:00:00.123Z`), as
 /// `humantime::format_rfc3339_millis` writes it, with the date part formatted once a second.
 fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let second = since_epoch.as_secs();
-    SECOND.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != second {
-            let whole =
-                humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(second));
-            let text = whole.to_string();
-            if let Some(prefix) = text.as_bytes().get(..19) {
-                cached.1.copy_from_slice(prefix);
-                cached.0 = second;
-            }
-        }
-        out.extend_from_slice(&cached.1);
+    push_second(out, &RFC3339_SECOND, since_epoch.as_secs(), |second| {
+        let mut text = humantime::format_rfc3339_seconds(second).to_string();
+        text.truncate(19); // without the `Z`
+        text
     });
     let millis = since_epoch.subsec_millis();
     out.extend_from_slice(&[
@@ -161,10 +175,7 @@ pub(super) fn version_name(version: http::Version) -> &'static str {
 /// `client - - [27/Nov/2026:16:28:19 +0000] "GET /p HTTP/1.1" 200 123 "referer" "agent"`,
 /// then `host=… cache=… origin=… upstream_ms=… total_ms=…` and `route=…` when a rule matched.
 pub(super) fn write_combined(out: &mut Vec<u8>, r: &Record) -> io::Result<()> {
-    match r.client {
-        Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
-        None => out.push(b'-'),
-    }
+    push_client(out, r.client);
     out.extend_from_slice(b" - - [");
     push_common_log_time(out, r.time);
     out.extend_from_slice(b"] \"");
@@ -218,26 +229,20 @@ fn push_quoted(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-thread_local! {
-    /// The second last formatted for the combined format, and its text.
-    static COMMON_SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-}
-
 /// `time` as the common log format writes it, the text made once a second.
 fn push_common_log_time(out: &mut Vec<u8>, time: SystemTime) {
     let second = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
-    COMMON_SECOND.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != second {
-            *cached = (
-                second,
-                common_log_time(SystemTime::UNIX_EPOCH + Duration::from_secs(second)),
-            );
-        }
-        out.extend_from_slice(cached.1.as_bytes());
-    });
+    push_second(out, &COMMON_SECOND, second, common_log_time);
+}
+
+/// The client's address, or `-`.
+fn push_client(out: &mut Vec<u8>, client: Option<std::net::IpAddr>) {
+    match client {
+        Some(ip) => out.extend_from_slice(IpText::of(ip).as_str().as_bytes()),
+        None => out.push(b'-'),
+    }
 }
 
 /// `27/Nov/2026:16:28:19 +0000` (the common log format's time, in UTC).
