@@ -38,6 +38,14 @@ impl IpText {
         IpText::V4(text, len)
     }
 
+    /// The text as bytes, for output buffers.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IpText::V4(text, len) => &text[..*len],
+            IpText::Other(text) => text.as_bytes(),
+        }
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         match self {
@@ -65,6 +73,7 @@ mod tests {
         ];
         for ip in addresses {
             assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+            assert_eq!(IpText::of(ip).as_bytes(), ip.to_string().as_bytes());
         }
     }
 }

@@ -9,13 +9,30 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
+use super::format::Fields;
 use super::Record;
 
 /// The length written for an absent optional string.
 const ABSENT: u32 = u32::MAX;
 
+/// Bytes of a record besides its strings, at most (an IPv6 client).
+const FIXED_BYTES: usize = 8 + 4 + 1 + 16 + 1 + 2 + 8 + 1 + 8 + 8 + 4 * TEXTS;
+
 /// Appends `record` to `out`.
 pub fn pack(out: &mut Vec<u8>, record: &Record) {
+    let texts = [
+        Some(record.method),
+        Some(record.host),
+        Some(record.path),
+        Some(record.referer),
+        Some(record.user_agent),
+        Some(record.cache),
+        Some(record.origin),
+        record.error,
+        record.route,
+    ]
+    .map(|text| text.map(shortened));
+    out.reserve(FIXED_BYTES + texts.iter().flatten().map(|text| text.len()).sum::<usize>());
     let since_epoch = record
         .time
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -36,22 +53,9 @@ pub fn pack(out: &mut Vec<u8>, record: &Record) {
     out.push(version_code(record.protocol));
     out.extend_from_slice(&record.status.to_ne_bytes());
     out.extend_from_slice(&(record.bytes as u64).to_ne_bytes());
-    let upstream_ms = record.upstream_ms.map_or(u64::MAX, f64::to_bits);
-    out.push(u8::from(record.upstream_ms.is_some()));
-    out.extend_from_slice(&upstream_ms.to_ne_bytes());
-    out.extend_from_slice(&record.total_ms.to_bits().to_ne_bytes());
-    let texts = [
-        Some(record.method),
-        Some(record.host),
-        Some(record.path),
-        Some(record.referer),
-        Some(record.user_agent),
-        Some(record.cache),
-        Some(record.origin),
-        record.error,
-        record.route,
-    ]
-    .map(|text| text.map(shortened));
+    out.push(u8::from(record.upstream.is_some()));
+    out.extend_from_slice(&nanos(record.upstream.unwrap_or_default()).to_ne_bytes());
+    out.extend_from_slice(&nanos(record.total).to_ne_bytes());
     for text in texts {
         let len = text.map_or(ABSENT, |text| text.len() as u32);
         out.extend_from_slice(&len.to_ne_bytes());
@@ -61,23 +65,28 @@ pub fn pack(out: &mut Vec<u8>, record: &Record) {
     }
 }
 
+/// A duration in whole nanoseconds (saturating: 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// How many strings a record has.
 const TEXTS: usize = 9;
 
 /// The records packed in `bytes`, in order; stops at the first that is cut short.
-pub fn records(bytes: &[u8]) -> Records<'_> {
+pub(super) fn records(bytes: &[u8]) -> Records<'_> {
     Records { rest: bytes }
 }
 
 /// Iterator over packed records, see [`records`].
-pub struct Records<'a> {
+pub(super) struct Records<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Iterator for Records<'a> {
-    type Item = Record<'a>;
+    type Item = Fields<'a>;
 
-    fn next(&mut self) -> Option<Record<'a>> {
+    fn next(&mut self) -> Option<Fields<'a>> {
         if self.rest.is_empty() {
             return None;
         }
@@ -90,7 +99,7 @@ impl<'a> Iterator for Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    fn read_record(&mut self) -> Option<Record<'a>> {
+    fn read_record(&mut self) -> Option<Fields<'a>> {
         let secs = u64::from_ne_bytes(self.take()?);
         let nanos = u32::from_ne_bytes(self.take()?);
         let time = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
@@ -101,19 +110,19 @@ impl<'a> Records<'a> {
         };
         let protocol = version_of(self.take::<1>()?[0]);
         let status = u16::from_ne_bytes(self.take()?);
-        let bytes = u64::from_ne_bytes(self.take()?) as usize;
+        let bytes = u64::from_ne_bytes(self.take()?);
         let has_upstream = self.take::<1>()?[0] == 1;
-        let upstream_bits = u64::from_ne_bytes(self.take()?);
-        let total_ms = f64::from_bits(u64::from_ne_bytes(self.take()?));
+        let upstream = Duration::from_nanos(u64::from_ne_bytes(self.take()?));
+        let total = Duration::from_nanos(u64::from_ne_bytes(self.take()?));
         let [method, host, path, referer, user_agent, cache, origin, error, route] = self.read_texts()?;
-        Some(Record {
+        Some(Fields {
             time,
             client,
             protocol,
             status,
             bytes,
-            upstream_ms: has_upstream.then(|| f64::from_bits(upstream_bits)),
-            total_ms,
+            upstream: has_upstream.then_some(upstream),
+            total,
             method: method?,
             host: host?,
             path: path?,
@@ -134,26 +143,17 @@ impl<'a> Records<'a> {
     }
 
     /// The record's strings (`None` for an absent one), or `None` when cut short.
-    fn read_texts(&mut self) -> Option<[Option<&'a str>; TEXTS]> {
+    fn read_texts(&mut self) -> Option<[Option<&'a [u8]>; TEXTS]> {
         let mut lens = [ABSENT; TEXTS];
         for len in &mut lens {
             *len = u32::from_ne_bytes(self.take()?);
         }
-        let total = lens
-            .iter()
-            .filter(|&&len| len != ABSENT)
-            .map(|&len| len as usize)
-            .sum();
-        let (block, rest) = self.rest.split_at_checked(total)?;
-        self.rest = rest;
-        let block = std::str::from_utf8(block).ok()?;
-        let mut start = 0;
         let mut texts = [None; TEXTS];
         for (text, len) in texts.iter_mut().zip(lens) {
             if len != ABSENT {
-                let end = start + len as usize;
-                *text = Some(block.get(start..end)?);
-                start = end;
+                let (head, rest) = self.rest.split_at_checked(len as usize)?;
+                *text = Some(head);
+                self.rest = rest;
             }
         }
         Some(texts)
@@ -210,19 +210,19 @@ mod tests {
             user_agent: "agent \"q\" é",
             cache: "hit",
             origin: "127.0.0.1:8080",
-            upstream_ms: Some(f64::NAN),
-            total_ms: 0.125,
+            upstream: Some(Duration::from_nanos(3_000_000_007)),
+            total: Duration::from_micros(125),
             error,
             route: Some("static"),
         }
     }
 
-    fn lines(records: &[Record]) -> Vec<u8> {
+    fn lines<'a>(records: impl IntoIterator<Item = Fields<'a>>) -> Vec<u8> {
         let mut text = Vec::new();
         for record in records {
-            write_json(&mut text, record);
+            write_json(&mut text, &record);
             text.push(b'\n');
-            write_combined(&mut text, record).unwrap();
+            write_combined(&mut text, &record).unwrap();
             text.push(b'\n');
         }
         text
@@ -236,7 +236,7 @@ mod tests {
             rejected(None, http::Version::HTTP_10),
             Record {
                 client: Some(IpAddr::from([10, 0, 0, 1])),
-                upstream_ms: None,
+                upstream: None,
                 route: None,
                 ..sample("", None)
             },
@@ -245,10 +245,10 @@ mod tests {
         for record in &originals {
             pack(&mut packed, record);
         }
-        let unpacked: Vec<Record> = records(&packed).collect();
+        let unpacked: Vec<Fields> = records(&packed).collect();
         assert_eq!(unpacked.len(), originals.len());
-        assert_eq!(lines(&unpacked), lines(&originals));
         assert_eq!(unpacked[0].time, originals[0].time);
+        assert_eq!(lines(unpacked), lines(originals.iter().map(Fields::from)));
     }
 
     #[test]
@@ -258,8 +258,8 @@ mod tests {
         let whole = packed.len();
         pack(&mut packed, &sample("/second", None));
         for cut in [whole + 1, whole + 30, packed.len() - 1] {
-            let paths: Vec<&str> = records(&packed[..cut]).map(|r| r.path).collect();
-            assert_eq!(paths, ["/first"]);
+            let paths: Vec<&[u8]> = records(&packed[..cut]).map(|r| r.path).collect();
+            assert_eq!(paths, [b"/first"]);
         }
     }
 }

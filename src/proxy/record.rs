@@ -49,8 +49,8 @@ pub fn record_request(metrics: &Metrics, session: &Session, error: Option<&Error
         user_agent: header(http::header::USER_AGENT),
         cache,
         origin: ctx.upstream.addr.as_deref().unwrap_or("-"),
-        upstream_ms: ctx.upstream.header_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-        total_ms: total.as_secs_f64() * 1000.0,
+        upstream: ctx.upstream.header_elapsed,
+        total,
         error: error_text.as_deref(),
         route: sample.route,
     });
