@@ -24,7 +24,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$NGINX_CACHE"
+  rm -rf "$NGINX_CACHE" "$NGINX_CACHE-log"
 }
 trap cleanup EXIT
 

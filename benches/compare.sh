@@ -14,7 +14,10 @@
 # edgecache and nginx default to 1,000 requests per client connection, after which wrk and
 # h2load reconnect (or, for h2load, stop using the connection): both are raised here. With
 # ACCESS_LOG=1 every proxy writes an access log to a file (nginx: its default combined format,
-# edgecache: its default JSON lines; Varnish logs through varnishncsa, not run here). Rounds are
+# edgecache: its default JSON lines; Varnish logs through varnishncsa, not run here). The
+# contenders `edgecache-log` and `nginx-log` are second instances that always log, so that
+#   CONTENDERS="edgecache edgecache-log nginx nginx-log" ROWS=hit-1k bash benches/compare.sh
+# measures what the log costs each in one run, logged and unlogged side by side. Rounds are
 # interleaved (every contender for a row, then the next row) so all see the same machine noise;
 # the summary shows medians and ratios within this run only.
 #
@@ -47,8 +50,10 @@ BASE_PORT=${BASE_PORT:-19080}
 OUT=${OUT:-$ROOT/target/compare-$(date +%Y%m%d-%H%M%S)}
 
 ORIGIN_PORT=$BASE_PORT
-declare -A PORT=([edgecache]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [varnish]=$((BASE_PORT + 3)))
-declare -A TLS_PORT=([edgecache]=$((BASE_PORT + 11)) [nginx]=$((BASE_PORT + 12)))
+declare -A PORT=([edgecache]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [varnish]=$((BASE_PORT + 3))
+  [edgecache-log]=$((BASE_PORT + 4)) [nginx-log]=$((BASE_PORT + 5)))
+declare -A TLS_PORT=([edgecache]=$((BASE_PORT + 11)) [nginx]=$((BASE_PORT + 12))
+  [edgecache-log]=$((BASE_PORT + 14)) [nginx-log]=$((BASE_PORT + 15)))
 NGINX_CACHE=/dev/shm/edgecache-compare-nginx-$BASE_PORT
 
 # shellcheck source=benches/common.sh
@@ -113,15 +118,19 @@ wait_for "http://127.0.0.1:$ORIGIN_PORT/small"
 
 # --- contenders ----------------------------------------------------------------------------
 declare -A SERVER_PID
-start_edgecache() {
-  cat > edgecache.toml <<EOF
+# Whether contender $1 writes an access log: the `-log` instances always, the others with ACCESS_LOG=1.
+logs() { [ "$ACCESS_LOG" = 1 ] || [ "${1%-log}" != "$1" ]; }
+
+start_edgecache() { # [name: edgecache or edgecache-log]
+  local who=${1:-edgecache}
+  cat > "$who.toml" <<EOF
 [server]
-listen = ["127.0.0.1:${PORT[edgecache]}"]
-listen_tls = ["127.0.0.1:${TLS_PORT[edgecache]}"]
+listen = ["127.0.0.1:${PORT[$who]}"]
+listen_tls = ["127.0.0.1:${TLS_PORT[$who]}"]
 threads = $THREADS
 max_requests_per_connection = 1000000
-access_log = $([ "$ACCESS_LOG" = 1 ] && echo true || echo false)
-access_log_path = "$OUT/edgecache-access.log"
+access_log = $(logs "$who" && echo true || echo false)
+access_log_path = "$OUT/$who-access.log"
 [cache]
 max_memory = "2GiB"
 [[site]]
@@ -131,31 +140,31 @@ origins = ["127.0.0.1:$ORIGIN_PORT"]
 tls_cert = "$OUT/cert.pem"
 tls_key = "$OUT/key.pem"
 EOF
-  "${SERVER_PIN[@]}" "$BIN" --config "$OUT/edgecache.toml" >edgecache.out 2>&1 & PIDS+=($!)
-  SERVER_PID[edgecache]=$!
+  "${SERVER_PIN[@]}" "$BIN" --config "$OUT/$who.toml" >"$who.out" 2>&1 & PIDS+=($!)
+  SERVER_PID[$who]=$!
 }
 
-start_nginx() {
-  rm -rf "$NGINX_CACHE"
-  local log_line="access_log off;"
-  [ "$ACCESS_LOG" = 1 ] && log_line="access_log $OUT/nginx-access.log combined;"
-  cat > nginx.conf <<EOF
+start_nginx() { # [name: nginx or nginx-log]
+  local who=${1:-nginx} log_line="access_log off;"
+  rm -rf "$(nginx_cache "$who")"
+  logs "$who" && log_line="access_log $OUT/$who-access.log combined;"
+  cat > "$who.conf" <<EOF
 worker_processes $THREADS;
 daemon off;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx.err warn;
+pid $OUT/$who.pid;
+error_log $OUT/$who.err warn;
 events { worker_connections 16384; }
 http {
   $log_line
   keepalive_requests 1000000000;
-  proxy_cache_path $NGINX_CACHE levels=1:2 keys_zone=edge:64m max_size=2g inactive=1d use_temp_path=off;
+  proxy_cache_path $(nginx_cache "$who") levels=1:2 keys_zone=edge:64m max_size=2g inactive=1d use_temp_path=off;
   upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
   gzip on;
   gzip_comp_level 1;
   gzip_types text/html;
   server {
-    listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-    listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
+    listen 127.0.0.1:${PORT[$who]} backlog=4096;
+    listen 127.0.0.1:${TLS_PORT[$who]} ssl http2 backlog=4096;
     ssl_certificate $OUT/cert.pem;
     ssl_certificate_key $OUT/key.pem;
     ssl_protocols TLSv1.3;
@@ -168,9 +177,12 @@ http {
   }
 }
 EOF
-  "${SERVER_PIN[@]}" nginx -c "$OUT/nginx.conf" & PIDS+=($!)
-  SERVER_PID[nginx]=$!
+  "${SERVER_PIN[@]}" nginx -c "$OUT/$who.conf" & PIDS+=($!)
+  SERVER_PID[$who]=$!
 }
+nginx_cache() { echo "$NGINX_CACHE${1#nginx}"; }
+start_edgecache-log() { start_edgecache edgecache-log; }
+start_nginx-log() { start_nginx nginx-log; }
 
 start_varnish() {
   cat > varnish.vcl <<EOF
@@ -222,6 +234,9 @@ measure() { # contender row
   if [ "${row#miss-}" = "$row" ]; then  # warm the cache
     for _ in 1 2 3; do curl -s -o /dev/null "${header[@]}" "http://127.0.0.1:$port$path"; done
   fi
+  # Access logs the previous runs wrote are flushed to disk now, not during this run: the
+  # kernel's writeback would otherwise charge one contender's log to whoever runs next.
+  sync
   local before; before=$(cpu_ticks "$who")
   if [ "$row" = h2-hit-1k ]; then
     curl -sk -o /dev/null "https://127.0.0.1:${TLS_PORT[$who]}$path"
@@ -254,7 +269,7 @@ for i in range(int(sys.argv[2])):
     c.getresponse().read()
 PY
 }
-cache_dir_kib() { if [ "$1" = nginx ]; then du -sk "$NGINX_CACHE" | cut -f1; else echo 0; fi; }
+cache_dir_kib() { if [ "${1%-log}" = nginx ]; then du -sk "$(nginx_cache "$1")" | cut -f1; else echo 0; fi; }
 measure_memory() { # contender
   local who=$1 before after
   fetch_new_objects "${PORT[$who]}" 1000
@@ -308,6 +323,17 @@ for row, by in rows.items():
             cells.append(f"{v/1000:.1f}k ({', '.join(extra)})")
     ratio = lambda o: f"{value['edgecache']/value[o]:.2f}×" if value.get("edgecache") and value.get(o) else "—"
     print(f"| {row} | {' | '.join(cells)} | {ratio('nginx')} | {ratio('varnish')} |")
+if any(who.endswith("-log") for by in rows.values() for who in by):
+    print()
+    print("| row | edgecache logging | edgecache / itself unlogged | nginx logging | nginx / itself unlogged | edgecache / nginx, both logging |")
+    print("|---|---|---|---|---|---|")
+    for row, by in rows.items():
+        if row == "mem-1k":
+            continue
+        rate = {who: med(rs, "req_per_s") for who, rs in by.items()}
+        div = lambda a, b: f"{rate[a]/rate[b]:.2f}×" if rate.get(a) and rate.get(b) else "—"
+        cell = lambda who: f"{rate[who]/1000:.1f}k (p99 {med(by[who], 'p99_ms') or 0:.1f} ms, {med(by[who], 'cpu_us_per_req'):.0f} µs CPU)" if rate.get(who) else "—"
+        print(f"| {row} | {cell('edgecache-log')} | {div('edgecache-log', 'edgecache')} | {cell('nginx-log')} | {div('nginx-log', 'nginx')} | {div('edgecache-log', 'nginx-log')} |")
 PY
 cat summary.md
 log "results in $OUT"
