@@ -64,7 +64,6 @@ pub(super) fn millis(duration: Duration) -> f64 {
 /// keys in the same order and the same escaping, written directly (serde's field-by-field
 /// path and `Display` formatting cost about as much as the rest of a cache hit).
 pub(super) fn write_json(out: &mut Vec<u8>, r: &Fields) {
-    out.reserve(LINE_FIXED_BYTES + texts_len(r));
     out.extend_from_slice(b"{\"time\":\"");
     push_rfc3339_millis(out, r.time);
     out.extend_from_slice(b"\",\"client\":\"");
@@ -106,28 +105,6 @@ pub(super) fn write_json(out: &mut Vec<u8>, r: &Fields) {
         push_json_str(out, route);
     }
     out.push(b'}');
-}
-
-/// Bytes of a JSON line besides its strings (keys, time, address, numbers), with room to spare:
-/// reserved once so that the pieces are appended without growing the buffer.
-const LINE_FIXED_BYTES: usize = 384;
-
-/// Bytes of `r`'s strings, unescaped.
-fn texts_len(r: &Fields) -> usize {
-    [
-        r.method,
-        r.host,
-        r.path,
-        r.referer,
-        r.user_agent,
-        r.cache,
-        r.origin,
-    ]
-    .iter()
-    .map(|text| text.len())
-    .sum::<usize>()
-        + r.error.map_or(0, <[u8]>::len)
-        + r.route.map_or(0, <[u8]>::len)
 }
 
 /// `value` as a JSON string, escaped as serde_json escapes it. Most values need no escaping:

@@ -25,7 +25,7 @@ use crate::config::AccessLogFormat;
 use crate::lazy_thread::LazyThread;
 
 /// How often the writer thread writes out what is pending. Short enough that one round's work
-/// (about 0.9 µs per line) is a fraction of a millisecond at tens of thousands of requests per
+/// (about half a microsecond per line) is a fraction of a millisecond at tens of thousands of requests per
 /// second: with one core, requests wait while the writer runs.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 

@@ -3,8 +3,8 @@
 //! A request copies its record's fields into the log's pending buffer: each number in its
 //! in-memory form, then the lengths of its strings, then the strings one after the other. The
 //! request path does no formatting, no escaping and no allocation. The writer reads the records
-//! back, checking each record's strings as UTF-8 in one pass and borrowing them from the buffer,
-//! and formats the lines. The bytes never leave the process.
+//! back, borrowing each string's bytes from the buffer (they were copied from strings, so are
+//! not checked again), and formats the lines. The bytes never leave the process.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -14,9 +14,6 @@ use super::Record;
 
 /// The length written for an absent optional string.
 const ABSENT: u32 = u32::MAX;
-
-/// Bytes of a record besides its strings, at most (an IPv6 client).
-const FIXED_BYTES: usize = 8 + 4 + 1 + 16 + 1 + 2 + 8 + 1 + 8 + 8 + 4 * TEXTS;
 
 /// Appends `record` to `out`.
 pub fn pack(out: &mut Vec<u8>, record: &Record) {
@@ -32,7 +29,6 @@ pub fn pack(out: &mut Vec<u8>, record: &Record) {
         record.route,
     ]
     .map(|text| text.map(shortened));
-    out.reserve(FIXED_BYTES + texts.iter().flatten().map(|text| text.len()).sum::<usize>());
     let since_epoch = record
         .time
         .duration_since(SystemTime::UNIX_EPOCH)
