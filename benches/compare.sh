@@ -25,8 +25,10 @@
 #   hit-1k, hit-64k   cached object, wrk 1 thread, CONNECTIONS connections
 #   pass-1k           origin says no-store: every request goes to the origin
 #   miss-1k           a new URL each request (cacheable, so stored and evicted)
-#   miss-html-1k      the same with 1 KiB of HTML: edgecache stores it with gzip and brotli
-#                     copies (compressed once, when stored), nginx and Varnish store it as is
+#   miss-html-1k      the same with 1 KiB of HTML, client without Accept-Encoding: all store it
+#                     as is (edgecache compresses a coding only once a client accepts it)
+#   miss-html-br-1k   the same, client sends Accept-Encoding: gzip, br (a browser): edgecache
+#                     stores identity and brotli, nginx gzips it on the way, Varnish stores gzip
 #   gzip-html         100 KiB HTML page, client sends Accept-Encoding: gzip (nginx compresses
 #                     each hit at level 1; Varnish and edgecache store gzip)
 #   h2-hit-1k         1 KiB hit over HTTP/2 + TLS 1.3, h2load -t1 -c64 -m10 (no Varnish: no TLS)
@@ -44,7 +46,7 @@ ACCESS_LOG=${ACCESS_LOG:-0}
 MODE=${MODE:-pinned}            # pinned: servers on SERVER_CPUS, load on CLIENT_CPUS; unpinned
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
-ROWS=${ROWS:-"mem-1k hit-1k hit-64k pass-1k miss-1k miss-html-1k gzip-html h2-hit-1k"}
+ROWS=${ROWS:-"mem-1k hit-1k hit-64k pass-1k miss-1k miss-html-1k miss-html-br-1k gzip-html h2-hit-1k"}
 CONTENDERS=${CONTENDERS:-"edgecache nginx varnish"}
 BASE_PORT=${BASE_PORT:-19080}
 OUT=${OUT:-$ROOT/target/compare-$(date +%Y%m%d-%H%M%S)}
@@ -229,6 +231,7 @@ measure() { # contender row
     pass-1k) path=/nostore/small ;;
     gzip-html) path=/page.html; header=(-H "Accept-Encoding: gzip") ;;
     miss-1k|miss-html-1k) path=/ ;;
+    miss-html-br-1k) path=/; header=(-H "Accept-Encoding: gzip, br") ;;
     h2-hit-1k) path=/small ;;
   esac
   if [ "${row#miss-}" = "$row" ]; then  # warm the cache
@@ -247,7 +250,7 @@ measure() { # contender row
   else
     local script=()
     [ "$row" = miss-1k ] && script=(-s unique.lua)
-    [ "$row" = miss-html-1k ] && script=(-s unique-html.lua)
+    [ "${row#miss-html}" != "$row" ] && script=(-s unique-html.lua)
     out=$(client_cmd wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "${header[@]}" "http://127.0.0.1:$port$path" 2>&1)
     rps=$(echo "$out" | awk '/^Requests\/sec/{print $2}')
     n=$(echo "$out" | awk '/requests in/{print $1}')

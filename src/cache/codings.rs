@@ -1,10 +1,14 @@
 //! The stored codings of one response: identity, gzip and brotli side by side in one entry.
 //!
-//! A URL is fetched from the origin once. When it is stored, the compressible body is encoded
-//! once per coding (or, when the origin sent gzip or brotli, its bytes are kept and decoded for
-//! everyone else), and each lookup picks the representation the client accepts. All codings
-//! share one cache entry, so they are stored, expired, revalidated and purged together and
-//! count together towards `max_memory`.
+//! A URL is fetched from the origin once. A compressible body is stored as identity (when the
+//! origin sent gzip or brotli, its bytes are kept and decoded for everyone else) plus the coding
+//! the client that filled it was served; every other coding is encoded once, the first time a
+//! client accepts it ([`StoredCodings::to_derive`], [`StoredCodings::derived`]). Each lookup
+//! picks the representation the client accepts. A coding nobody asks for is never encoded nor
+//! held in memory: most stored objects are asked for once or in one coding, and the bytes a
+//! second and third coding would take hold more objects instead. All codings share one cache
+//! entry, so they are stored, expired, revalidated and purged together and count together
+//! towards `max_memory`.
 //!
 //! pingora's storage interface only sees the cache key, so the request's side of the choice
 //! travels in the key's `user_tag` (see [`user_tag`]).
@@ -63,6 +67,46 @@ pub struct StoredCodings {
     origin_coding: Coding,
     /// The brotli body is a fast first pass worth recompressing at maximum quality.
     pub brotli_upgradable: bool,
+    /// Codings not encoded yet: encoded when a client first accepts them.
+    pending: Pending,
+}
+
+/// The compressed codings of a compressible response that were not tried yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pending {
+    gzip: bool,
+    brotli: bool,
+}
+
+impl Pending {
+    fn has(self, coding: Coding) -> bool {
+        match coding {
+            Coding::Gzip => self.gzip,
+            Coding::Brotli => self.brotli,
+            Coding::Identity => false,
+        }
+    }
+
+    fn without(mut self, coding: Coding) -> Pending {
+        match coding {
+            Coding::Gzip => self.gzip = false,
+            Coding::Brotli => self.brotli = false,
+            Coding::Identity => {}
+        }
+        self
+    }
+}
+
+/// Compressed codings in the order they are preferred.
+const PREFERRED: [Coding; 2] = [Coding::Brotli, Coding::Gzip];
+
+/// Whether a client accepting `accepted` takes `coding`.
+fn accepts(accepted: Accepted, coding: Coding) -> bool {
+    match coding {
+        Coding::Brotli => accepted.brotli,
+        Coding::Gzip => accepted.gzip,
+        Coding::Identity => true,
+    }
 }
 
 impl StoredCodings {
@@ -75,18 +119,21 @@ impl StoredCodings {
             brotli: None,
             origin_coding: coding,
             brotli_upgradable: false,
+            pending: Pending::default(),
         }
     }
 
-    /// The codings of a complete response: the single response when it is not compressible,
-    /// too small, does not shrink, or cannot be decoded within `max_decoded` bytes. CPU-heavy
-    /// for large bodies: run it off the event loop.
+    /// The codings of a complete response as first stored: the single response when it is not
+    /// compressible, too small, or cannot be decoded within `max_decoded` bytes; else identity,
+    /// the origin's own coding, and the coding a client accepting `filled_for` is served (the
+    /// others stay pending). CPU-heavy for large bodies: run it off the event loop.
     pub fn build(
         header: ResponseHeader,
         body: Bytes,
         eligibility: Eligibility,
         policy: &CompressionPolicy,
         max_decoded: usize,
+        filled_for: Accepted,
     ) -> StoredCodings {
         let origin_coding = match eligibility {
             Eligibility::Untouched => return StoredCodings::single(header, body),
@@ -101,29 +148,56 @@ impl StoredCodings {
         if origin_coding == Coding::Identity && identity.len() < policy.settings.min_size {
             return StoredCodings::single(header, body);
         }
-        let encode = |coding: Coding| -> Option<Bytes> {
-            if coding == origin_coding {
-                return Some(body.clone());
-            }
-            let encoded = coding.encode(&identity, policy.stored_level(coding));
-            (encoded.len() < identity.len()).then(|| Bytes::from(encoded))
-        };
-        let gzip = encode(Coding::Gzip);
-        let brotli = encode(Coding::Brotli);
-        if gzip.is_none() && brotli.is_none() && origin_coding == Coding::Identity {
-            return StoredCodings::single(header, body);
-        }
-        let brotli_upgradable = brotli.is_some()
-            && origin_coding != Coding::Brotli
-            && policy.settings.brotli_background_level > policy.settings.brotli_level
-            && identity.len() <= BACKGROUND_MAX_BYTES;
-        let bodies = Bodies {
+        let mut bodies = Bodies {
             identity,
-            gzip,
-            brotli,
+            gzip: None,
+            brotli: None,
         };
-        StoredCodings::assemble(&header, origin_coding, bodies, brotli_upgradable)
+        bodies.set(origin_coding, Some(body.clone()));
+        let mut pending = Pending {
+            gzip: true,
+            brotli: true,
+        }
+        .without(origin_coding);
+        let first = PREFERRED.into_iter().find(|coding| {
+            accepts(filled_for, *coding) && (pending.has(*coding) || *coding == origin_coding)
+        });
+        if let Some(coding) = first.filter(|coding| pending.has(*coding)) {
+            bodies.set(coding, encode_smaller(&bodies.identity, coding, policy));
+            pending = pending.without(coding);
+        }
+        let brotli_upgradable = upgradable(&bodies, origin_coding, policy);
+        StoredCodings::assemble(&header, origin_coding, bodies, brotli_upgradable, pending)
             .unwrap_or_else(|_| StoredCodings::single(header, body))
+    }
+
+    /// The coding to encode before serving a client accepting `accepted`: the one it prefers
+    /// among those it accepts, when that one is still pending.
+    pub fn to_derive(&self, accepted: Accepted) -> Option<Coding> {
+        PREFERRED
+            .into_iter()
+            .filter(|coding| accepts(accepted, *coding))
+            .find(|coding| self.pending.has(*coding) || self.body(*coding).is_some())
+            .filter(|coding| self.pending.has(*coding))
+    }
+
+    /// The same codings with the pending `coding` encoded (kept only if it is smaller than
+    /// identity). CPU-heavy for large bodies: run it off the event loop.
+    pub fn derived(&self, coding: Coding, policy: &CompressionPolicy) -> Result<StoredCodings> {
+        let mut bodies = self.bodies();
+        bodies.set(coding, encode_smaller(&bodies.identity, coding, policy));
+        let brotli_upgradable = match coding {
+            Coding::Brotli => upgradable(&bodies, self.origin_coding, policy),
+            _ => self.brotli_upgradable,
+        };
+        let pending = self.pending.without(coding);
+        self.reassemble(
+            &self.primary.header()?,
+            Coding::Identity,
+            bodies,
+            brotli_upgradable,
+            pending,
+        )
     }
 
     /// The representation for a client accepting `accepted`: br, then gzip, then identity.
@@ -131,6 +205,25 @@ impl StoredCodings {
         let brotli = self.brotli.as_deref().filter(|_| accepted.brotli);
         let gzip = self.gzip.as_deref().filter(|_| accepted.gzip);
         brotli.or(gzip).unwrap_or(&self.primary)
+    }
+
+    /// The stored body of a compressed `coding`.
+    fn body(&self, coding: Coding) -> Option<&Bytes> {
+        let representation = match coding {
+            Coding::Gzip => self.gzip.as_deref(),
+            Coding::Brotli => self.brotli.as_deref(),
+            Coding::Identity => Some(&self.primary),
+        };
+        representation.map(|r| &r.body)
+    }
+
+    /// Every stored body.
+    fn bodies(&self) -> Bodies {
+        Bodies {
+            identity: self.primary.body.clone(),
+            gzip: self.body(Coding::Gzip).cloned(),
+            brotli: self.body(Coding::Brotli).cloned(),
+        }
     }
 
     /// Bytes of bodies and headers (a header buffer the codings share counts once).
@@ -156,23 +249,37 @@ impl StoredCodings {
         if !self.is_managed() {
             return Ok(StoredCodings::single(served.clone(), self.primary.body.clone()));
         }
-        let brotli = self.brotli.as_ref().map(|r| r.body.clone());
-        self.reassemble(served, served_coding, brotli, self.brotli_upgradable)
+        self.reassemble(
+            served,
+            served_coding,
+            self.bodies(),
+            self.brotli_upgradable,
+            self.pending,
+        )
     }
 
     /// The same codings with a final, maximum-quality brotli body.
     pub fn with_final_brotli(&self, body: Bytes) -> Result<StoredCodings> {
-        self.reassemble(&self.primary.header()?, Coding::Identity, Some(body), false)
+        let mut bodies = self.bodies();
+        bodies.brotli = Some(body);
+        self.reassemble(
+            &self.primary.header()?,
+            Coding::Identity,
+            bodies,
+            false,
+            self.pending,
+        )
     }
 
     /// The codings rebuilt from `served` (the header of the `served_coding` representation) and
-    /// the stored bodies, with `brotli` as the brotli body.
+    /// `bodies`.
     fn reassemble(
         &self,
         served: &ResponseHeader,
         served_coding: Coding,
-        brotli: Option<Bytes>,
+        bodies: Bodies,
         brotli_upgradable: bool,
+        pending: Pending,
     ) -> Result<StoredCodings> {
         let mut origin_header = served.clone();
         origin_form(
@@ -181,12 +288,13 @@ impl StoredCodings {
             self.origin_coding,
             self.origin_etag_weak(),
         )?;
-        let bodies = Bodies {
-            identity: self.primary.body.clone(),
-            gzip: self.gzip.as_ref().map(|r| r.body.clone()),
-            brotli,
-        };
-        StoredCodings::assemble(&origin_header, self.origin_coding, bodies, brotli_upgradable)
+        StoredCodings::assemble(
+            &origin_header,
+            self.origin_coding,
+            bodies,
+            brotli_upgradable,
+            pending,
+        )
     }
 
     /// Whether the origin's ETag is weak (the identity representation keeps its weakness).
@@ -199,7 +307,10 @@ impl StoredCodings {
 
     /// Whether the proxy derived codings for this response (and added `Vary: Accept-Encoding`).
     fn is_managed(&self) -> bool {
-        self.gzip.is_some() || self.brotli.is_some() || self.origin_coding != self.primary.coding
+        self.gzip.is_some()
+            || self.brotli.is_some()
+            || self.pending != Pending::default()
+            || self.origin_coding != self.primary.coding
     }
 
     /// Builds every representation's header from the origin's header.
@@ -208,6 +319,7 @@ impl StoredCodings {
         origin_coding: Coding,
         bodies: Bodies,
         brotli_upgradable: bool,
+        pending: Pending,
     ) -> Result<StoredCodings> {
         let header_for = |coding: Coding, body: &Bytes, weak: bool| -> Result<ResponseHeader> {
             let mut header = origin_header.clone();
@@ -254,6 +366,7 @@ impl StoredCodings {
             brotli,
             origin_coding,
             brotli_upgradable,
+            pending,
         })
     }
 }
@@ -263,6 +376,31 @@ struct Bodies {
     identity: Bytes,
     gzip: Option<Bytes>,
     brotli: Option<Bytes>,
+}
+
+impl Bodies {
+    /// Sets the body of a compressed `coding`.
+    fn set(&mut self, coding: Coding, body: Option<Bytes>) {
+        match coding {
+            Coding::Gzip => self.gzip = body,
+            Coding::Brotli => self.brotli = body,
+            Coding::Identity => {}
+        }
+    }
+}
+
+/// `identity` encoded in `coding` at the stored level, if that makes it smaller.
+fn encode_smaller(identity: &Bytes, coding: Coding, policy: &CompressionPolicy) -> Option<Bytes> {
+    let encoded = coding.encode(identity, policy.stored_level(coding));
+    (encoded.len() < identity.len()).then(|| Bytes::from(encoded))
+}
+
+/// Whether a brotli body the proxy encoded is worth recompressing at the background level.
+fn upgradable(bodies: &Bodies, origin_coding: Coding, policy: &CompressionPolicy) -> bool {
+    bodies.brotli.is_some()
+        && origin_coding != Coding::Brotli
+        && policy.settings.brotli_background_level > policy.settings.brotli_level
+        && bodies.identity.len() <= BACKGROUND_MAX_BYTES
 }
 
 /// Undoes what [`compression::recode_header`] did for `served`: the origin's
@@ -336,9 +474,20 @@ mod tests {
         Bytes::from("<p>compress me once</p>\n".repeat(400))
     }
 
-    fn build(header: ResponseHeader, body: Bytes) -> StoredCodings {
+    fn build_for(header: ResponseHeader, body: Bytes, filled_for: Accepted) -> StoredCodings {
         let eligibility = policy().eligibility(&header);
-        StoredCodings::build(header, body, eligibility, &policy(), 1 << 20)
+        StoredCodings::build(header, body, eligibility, &policy(), 1 << 20, filled_for)
+    }
+
+    /// Stored with every coding derived, as after clients asked for each.
+    fn build(header: ResponseHeader, body: Bytes) -> StoredCodings {
+        let mut codings = build_for(header, body, Accepted::default());
+        for accepted in [BOTH, GZIP] {
+            if let Some(coding) = codings.to_derive(accepted) {
+                codings = codings.derived(coding, &policy()).unwrap();
+            }
+        }
+        codings
     }
 
     const BOTH: Accepted = Accepted {
@@ -376,6 +525,57 @@ mod tests {
             "\"v1~br\""
         );
         assert!(!upgraded.brotli_upgradable);
+    }
+
+    #[test]
+    fn a_coding_is_encoded_when_first_accepted_and_then_kept() {
+        let identity_only = build_for(html("\"v1\""), text(), Accepted::default());
+        assert!(identity_only.gzip.is_none() && identity_only.brotli.is_none());
+        let primary = identity_only.primary.header().unwrap();
+        assert_eq!(primary.headers["vary"], "Accept-Encoding", "other codings follow");
+        assert_eq!(identity_only.to_derive(Accepted::default()), None);
+        assert_eq!(identity_only.to_derive(GZIP), Some(Coding::Gzip));
+        assert_eq!(identity_only.to_derive(BOTH), Some(Coding::Brotli));
+
+        let filled_by_browser = build_for(html("\"v1\""), text(), BOTH);
+        assert!(filled_by_browser.brotli.is_some() && filled_by_browser.gzip.is_none());
+        assert!(filled_by_browser.weight() > identity_only.weight());
+        assert_eq!(filled_by_browser.to_derive(BOTH), None);
+        let with_gzip = filled_by_browser.derived(Coding::Gzip, &policy()).unwrap();
+        assert_eq!(with_gzip.to_derive(GZIP), None);
+        assert_eq!(
+            with_gzip.select(GZIP).header().unwrap().headers["etag"],
+            "\"v1~gzip\""
+        );
+        assert_eq!(with_gzip.select(BOTH).body, filled_by_browser.select(BOTH).body);
+        assert!(
+            with_gzip.brotli_upgradable,
+            "the fast brotli body is still upgraded"
+        );
+    }
+
+    #[test]
+    fn a_coding_that_does_not_shrink_is_tried_once() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect();
+        let stored = build_for(html("\"n\""), Bytes::from(noise), BOTH);
+        assert!(stored.brotli.is_none());
+        assert_eq!(
+            stored.to_derive(BOTH),
+            Some(Coding::Gzip),
+            "br was tried: gzip is next"
+        );
+        let tried = stored.derived(Coding::Gzip, &policy()).unwrap();
+        assert!(tried.gzip.is_none());
+        assert_eq!(tried.to_derive(BOTH), None);
+        assert_eq!(tried.select(BOTH).coding, Coding::Identity);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Each entry holds the `CacheMeta` fields and the response's stored codings
 //! ([`StoredCodings`]), each body one `Bytes`, so a hit is a reference-count bump and Range requests
-//! are zero-copy slices. Compressed codings are derived when the entry is stored, off the event
-//! loop for large bodies, and a fast first-pass brotli body is recompressed at maximum quality by
-//! a background thread once it is served. moka's weigher counts body,
+//! are zero-copy slices. A compressed coding is derived when the entry is stored (the one its
+//! filling client was served) or when a client first accepts it, off the event loop for large
+//! bodies, and a fast first-pass brotli body is recompressed at maximum quality by a background
+//! thread once it is served. moka's weigher counts body,
 //! headers and a fixed overhead, which makes `max_memory` a true bound; its per-entry expiry
 //! drops an entry once it can no longer be served or revalidated. pingora's eviction manager is
 //! not used: moka already evicts (TinyLFU admission, LRU eviction), and a full cache admits only
@@ -34,13 +35,20 @@ use super::fill_budget::{FillBudget, Reservation};
 use super::purge_log::PurgeScope;
 use super::purge_log::{FillStart, FillTarget, PurgeLog};
 use super::sketch::{self, PlaceholderWeight};
-use crate::compression::{Coding, CompressionPolicy, Eligibility};
+use crate::compression::{Accepted, Coding, CompressionPolicy, Eligibility};
 use crate::config::CompressionSettings;
 use crate::lazy_thread::LazyThread;
 
 /// Bookkeeping bytes charged per entry on top of its bodies, headers and key: the entry itself,
 /// its `Arc`, the moka node and hash-table slot.
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 144;
+
+/// Entry weights are rounded up to this many bytes. moka admits a new entry to a full cache
+/// only if it is asked for more often than the victims that make room for it; with exact byte
+/// weights, an entry a byte heavier than the least recently used one (its key one digit longer)
+/// needs a second victim, whose count adds up against it. Equal units make one victim of about
+/// the same size enough, for at most 31 bytes per entry.
+const WEIGHT_UNIT: usize = 32;
 
 /// One stored response.
 ///
@@ -57,6 +65,8 @@ struct Entry {
     expires_at: Instant,
     /// The brotli body was queued for background recompression.
     upgrade_queued: AtomicBool,
+    /// A request is deriving a pending coding of this entry: others serve what is stored.
+    deriving: AtomicBool,
 }
 
 /// The non-header part of a `CacheMeta`.
@@ -149,6 +159,7 @@ impl Entry {
             tags: old.tags.clone(),
             expires_at: Instant::now() + retention(meta, keep_stale),
             upgrade_queued: AtomicBool::new(old.upgrade_queued.load(Ordering::Relaxed)),
+            deriving: AtomicBool::new(false),
         })
     }
 
@@ -160,7 +171,8 @@ impl Entry {
             primary: self.primary.clone(),
             tags: self.tags.clone(),
             expires_at: self.expires_at,
-            upgrade_queued: AtomicBool::new(true),
+            upgrade_queued: AtomicBool::new(false),
+            deriving: AtomicBool::new(false),
         }
     }
 
@@ -174,6 +186,7 @@ impl Entry {
             tags: Box::default(),
             expires_at: Instant::now() + Duration::from_secs(3600),
             upgrade_queued: AtomicBool::new(false),
+            deriving: AtomicBool::new(false),
         }
     }
 
@@ -182,10 +195,11 @@ impl Entry {
         self.meta.with_header(representation.header()?)
     }
 
+    /// Bytes charged against `max_memory`, in whole [`WEIGHT_UNIT`]s.
     fn weight(&self) -> u32 {
         let tag_bytes: usize = self.tags.iter().map(|t| t.len() + 16).sum();
         let bytes = ENTRY_OVERHEAD + self.meta.len() + self.codings.weight() + self.primary.len() + tag_bytes;
-        u32::try_from(bytes).unwrap_or(u32::MAX)
+        u32::try_from(bytes.next_multiple_of(WEIGHT_UNIT)).unwrap_or(u32::MAX)
     }
 }
 
@@ -470,31 +484,66 @@ impl MokaStorage {
             let Ok(codings) = entry.codings.with_final_brotli(Bytes::from(body)) else {
                 continue;
             };
-            let upgraded = Arc::new(entry.with_codings(codings));
-            self.entries
-                .entry(hash)
-                .and_compute_with(|current| match current {
-                    Some(current) if Arc::ptr_eq(current.value(), &entry) => {
-                        moka::ops::compute::Op::Put(upgraded)
-                    }
-                    _ => moka::ops::compute::Op::Nop,
-                });
+            self.swap(hash, &entry, Arc::new(entry.with_codings(codings)));
         }
     }
 
-    /// The stored codings of a complete response, compressed off the event loop when large.
+    /// Replaces the entry of `hash` by `new` if it is still `old` (not revalidated, purged or
+    /// refetched meanwhile).
+    fn swap(&self, hash: HashBinary, old: &Arc<Entry>, new: Arc<Entry>) {
+        self.entries
+            .entry(hash)
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), old) => moka::ops::compute::Op::Put(new),
+                _ => moka::ops::compute::Op::Nop,
+            });
+    }
+
+    /// `entry` with the pending `coding` encoded, stored in its place; `None` when another
+    /// request is already deriving one of its codings (this one is served what is stored).
+    async fn derive(
+        &'static self,
+        hash: HashBinary,
+        entry: &Arc<Entry>,
+        coding: Coding,
+    ) -> Option<Arc<Entry>> {
+        if entry.deriving.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let policy = self.compression.load_full();
+        let codings = if entry.codings.primary.body.len() <= INLINE_COMPRESSION_MAX {
+            entry.codings.derived(coding, &policy)
+        } else {
+            let _turn = compression_turns().acquire().await;
+            let from = entry.clone();
+            tokio::task::spawn_blocking(move || from.codings.derived(coding, &policy))
+                .await
+                .unwrap_or_else(|e| Error::e_explain(ErrorType::InternalError, e.to_string()))
+        };
+        let Ok(codings) = codings else {
+            entry.deriving.store(false, Ordering::Relaxed);
+            return None;
+        };
+        let derived = Arc::new(entry.with_codings(codings));
+        self.swap(hash, entry, derived.clone());
+        Some(derived)
+    }
+
+    /// The stored codings of a complete response filled for a client accepting `filled_for`,
+    /// compressed off the event loop when large.
     async fn codings_of(
         &'static self,
         header: ResponseHeader,
         body: Bytes,
         eligibility: Eligibility,
+        filled_for: Accepted,
     ) -> StoredCodings {
         if eligibility == Eligibility::Untouched {
             return StoredCodings::single(header, body);
         }
         let policy = self.compression.load_full();
         if body.len() <= INLINE_COMPRESSION_MAX {
-            return StoredCodings::build(header, body, eligibility, &policy, self.max_decoded);
+            return StoredCodings::build(header, body, eligibility, &policy, self.max_decoded, filled_for);
         }
         let fallback = (header.clone(), body.clone());
         let max_decoded = self.max_decoded;
@@ -502,7 +551,7 @@ impl MokaStorage {
         // blocking thread keeps its own allocator pages.
         let _turn = compression_turns().acquire().await;
         tokio::task::spawn_blocking(move || {
-            StoredCodings::build(header, body, eligibility, &policy, max_decoded)
+            StoredCodings::build(header, body, eligibility, &policy, max_decoded, filled_for)
         })
         .await
         .unwrap_or_else(|_| StoredCodings::single(fallback.0, fallback.1))
@@ -517,10 +566,15 @@ impl Storage for MokaStorage {
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
-        let Some(entry) = self.entries.get(&hash) else {
+        let Some(mut entry) = self.entries.get(&hash) else {
             return Ok(None);
         };
         let (_, accepted) = codings::parse_user_tag(key.user_tag());
+        if let Some(coding) = entry.codings.to_derive(accepted) {
+            if let Some(derived) = self.derive(hash, &entry, coding).await {
+                entry = derived;
+            }
+        }
         let representation = entry.codings.select(accepted);
         if representation.coding == Coding::Brotli {
             self.queue_upgrade(hash, &entry);
@@ -541,7 +595,7 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (compress, _) = codings::parse_user_tag(key.user_tag());
+        let (compress, filled_for) = codings::parse_user_tag(key.user_tag());
         let eligibility = if compress {
             self.compression.load().eligibility(meta.response_header())
         } else {
@@ -558,6 +612,7 @@ impl Storage for MokaStorage {
             header: meta.response_header().clone(),
             expires_at: Instant::now() + retention(meta, self.keep_stale),
             eligibility,
+            filled_for,
             primary: key.primary_key().into(),
             tags: response_tags(meta.response_header()).into(),
             body: BytesMut::new(),
@@ -701,6 +756,8 @@ struct BodyFill {
     header: ResponseHeader,
     expires_at: Instant,
     eligibility: Eligibility,
+    /// What the client whose request fills the entry accepts: its coding is stored at once.
+    filled_for: Accepted,
     primary: Box<[u8]>,
     tags: Box<[Box<str>]>,
     body: BytesMut,
@@ -743,7 +800,7 @@ impl HandleMiss for BodyFill {
         }
         let codings = self
             .storage
-            .codings_of(self.header, self.body.freeze(), self.eligibility)
+            .codings_of(self.header, self.body.freeze(), self.eligibility, self.filled_for)
             .await;
         let entry = Entry {
             meta: self.meta,
@@ -752,6 +809,7 @@ impl HandleMiss for BodyFill {
             tags: self.tags,
             expires_at: self.expires_at,
             upgrade_queued: AtomicBool::new(false),
+            deriving: AtomicBool::new(false),
         };
         if !self.storage.admits(self.missed_before, entry.weight()) {
             tracing::debug!("cache full and the key missed only once recently: not stored");
