@@ -12,9 +12,16 @@
 //! reset per body, the tree's roots too) and checks every candidate against the data before
 //! using it. A test compares the output with brotli's own zeroing allocator, byte for byte.
 //!
-//! Memory: at most one 1 MiB table per thread that compressed a body, which is what the
-//! encoder held while compressing anyway; only the table's lifetime grows, and threads of the
-//! blocking pool drop theirs when they end after being idle.
+//! The streaming encoder of responses compressed on the fly (quality 2-4) has the same problem
+//! with its 256-512 KiB hash table: a 1 KiB HTML miss for a browser spent most of its time in
+//! page faults and in the allocator returning the table to the kernel. It gets the same tables,
+//! zeroed again: its hashers, unlike the ones of qualities 5-11, read buckets they did not write
+//! for the current stream (with stale contents, an index out of bounds).
+//!
+//! Memory: at most two tables per thread that compressed a body (the stored coding's and the
+//! streaming encoder's, 1.5 MiB at most), which is what the encoders held while compressing
+//! anyway; only the tables' lifetime grows, and threads of the blocking pool drop theirs when
+//! they end after being idle.
 
 use std::cell::RefCell;
 
@@ -28,8 +35,8 @@ const KEPT_MIN_LEN: usize = 64 * 1024;
 /// kept: bodies that need more take long enough that the page faults matter less.
 const KEPT_MAX_LEN: usize = 1 << 18;
 
-/// Tables kept per thread.
-const KEPT_PER_THREAD: usize = 1;
+/// Tables kept per thread: one for stored codings, one for streams.
+const KEPT_PER_THREAD: usize = 2;
 
 thread_local! {
     /// Freed tables of this thread, ready for the next body.
@@ -52,9 +59,13 @@ impl SliceWrapperMut<u32> for Table {
     }
 }
 
-/// The encoder's allocator for `u32` tables: large ones reused within a thread as they were left.
+/// The encoder's allocator for `u32` tables: large ones reused within a thread, as they were left
+/// or zeroed again.
 #[derive(Default)]
-pub struct ReusedTables;
+pub struct ReusedTables {
+    /// Zero a reused table: needed by the hashers of qualities 2-4, which trust their buckets.
+    zeroed: bool,
+}
 
 impl Allocator<u32> for ReusedTables {
     type AllocatedMemory = Table;
@@ -66,7 +77,10 @@ impl Allocator<u32> for ReusedTables {
                 let at = spare.iter().position(|table| table.len() == len)?;
                 Some(spare.swap_remove(at))
             });
-            if let Some(table) = spare {
+            if let Some(mut table) = spare {
+                if self.zeroed {
+                    table.fill(0);
+                }
                 return Table(table);
             }
         }
@@ -87,29 +101,56 @@ impl Allocator<u32> for ReusedTables {
     }
 }
 
+/// The encoder's allocator: the standard one, but for the `u32` tables (the fourth slot).
+pub type TableAlloc = brotli::CombiningAllocator<
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    ReusedTables,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+    StandardAlloc,
+>;
+
+/// An allocator for one encoder, its `u32` tables reused within the thread (`zeroed`: cleared
+/// first).
+fn table_alloc(zeroed: bool) -> TableAlloc {
+    let std = StandardAlloc::default;
+    brotli::CombiningAllocator::new(
+        std(),
+        std(),
+        std(),
+        ReusedTables { zeroed },
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+        std(),
+    )
+}
+
 /// Compresses `data` with `params` into `out`, its `u32` tables reused within the thread.
 pub fn compress(data: &[u8], out: &mut Vec<u8>, params: &brotli::enc::BrotliEncoderParams) {
-    let std = StandardAlloc::default;
-    let alloc = brotli::CombiningAllocator::new(
-        std(),
-        std(),
-        std(),
-        ReusedTables,
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-        std(),
-    );
     let mut input_buffer = [0u8; 4096];
     let mut output_buffer = [0u8; 4096];
     // Writing to a Vec cannot fail.
@@ -119,8 +160,24 @@ pub fn compress(data: &[u8], out: &mut Vec<u8>, params: &brotli::enc::BrotliEnco
         &mut input_buffer,
         &mut output_buffer,
         params,
-        alloc,
+        table_alloc(false),
     );
+}
+
+/// A streaming brotli encoder writing into a `Vec`, its `u32` tables reused within the thread.
+pub type StreamWriter = brotli::enc::writer::CompressorWriterCustomAlloc<
+    Vec<u8>,
+    <StandardAlloc as Allocator<u8>>::AllocatedMemory,
+    TableAlloc,
+>;
+
+/// A [`StreamWriter`] with a `buffer_size` byte buffer, at `quality` with a `lgwin` window. Its
+/// tables are zeroed when reused: the fast qualities' hashers read buckets they did not write
+/// for this stream (a stale index panics), so only the page faults are saved, not the zeroing.
+pub fn stream_writer(buffer_size: usize, quality: u32, lgwin: u32) -> StreamWriter {
+    let mut alloc = table_alloc(true);
+    let buffer = <TableAlloc as Allocator<u8>>::alloc_cell(&mut alloc, buffer_size);
+    StreamWriter::new(Vec::new(), buffer, alloc, quality, lgwin)
 }
 
 #[cfg(test)]
@@ -129,7 +186,7 @@ mod tests {
 
     #[test]
     fn freed_tables_are_reused() {
-        let mut tables = ReusedTables;
+        let mut tables = ReusedTables::default();
         let first = tables.alloc_cell(KEPT_MIN_LEN);
         let address = first.slice().as_ptr();
         tables.free_cell(first);
@@ -181,6 +238,45 @@ mod tests {
             }
         }
         assert!(soiled > 10, "kept tables were reused: {soiled}");
+    }
+
+    /// One body through a streaming encoder, in `chunks` pieces each flushed, the last closing.
+    fn stream<W: std::io::Write>(
+        mut writer: W,
+        body: &[u8],
+        chunks: usize,
+        take: impl Fn(&mut W) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for piece in body.chunks(body.len().div_ceil(chunks)) {
+            writer.write_all(piece).unwrap();
+            writer.flush().unwrap();
+            out.extend(take(&mut writer));
+        }
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn streams_with_stale_tables_give_the_same_bytes_as_fresh_ones() {
+        let body = "<li>edge cache origin proxy vary etag</li>\n".repeat(300);
+        let mut soiled = 0;
+        for quality in [2, 3, 4] {
+            for chunks in [1, 3] {
+                soiled += soil_kept_tables();
+                let ours = stream(stream_writer(4096, quality, 22), body.as_bytes(), chunks, |w| {
+                    std::mem::take(w.get_mut())
+                });
+                let fresh = stream(
+                    brotli::CompressorWriter::new(Vec::new(), 4096, quality, 22),
+                    body.as_bytes(),
+                    chunks,
+                    |w| std::mem::take(w.get_mut()),
+                );
+                assert_eq!(ours, fresh, "quality {quality}, {chunks} chunks");
+            }
+        }
+        assert!(soiled > 2, "kept tables were reused: {soiled}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 
 use bytes::Bytes;
 
-use super::Coding;
+use super::{brotli_tables, Coding};
 
 /// A streaming gzip or brotli encoder.
 pub struct StreamEncoder {
@@ -19,7 +19,7 @@ pub struct StreamEncoder {
 
 enum Inner {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
-    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Brotli(Box<brotli_tables::StreamWriter>),
     Finished,
 }
 
@@ -46,8 +46,7 @@ impl StreamEncoder {
                 Vec::new(),
                 flate2::Compression::new(level),
             )),
-            Coding::Brotli => Inner::Brotli(Box::new(brotli::CompressorWriter::new(
-                Vec::new(),
+            Coding::Brotli => Inner::Brotli(Box::new(brotli_tables::stream_writer(
                 BROTLI_BUFFER,
                 level,
                 super::BROTLI_WINDOW_BITS,
