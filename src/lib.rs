@@ -21,7 +21,7 @@
 //!    compression of responses not served from the cache ([`proxy::encoding`]); `logging`:
 //!    metrics and one access-log line ([`proxy::record`]).
 //!
-//! Stored responses are compressed once, when stored ([`cache::codings`]); the storage picks
+//! Stored responses are compressed once per coding ([`cache::codings`]); the storage picks
 //! the coding each client accepts. Sites, origins and policies live in a [`runtime::Runtime`]
 //! that [`reload`] replaces as a whole. Purges, from the [`admin`] API or the `PURGE` method,
 //! go through [`purge`]; the admin listener also serves the dashboard, drawn from [`history`].

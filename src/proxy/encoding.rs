@@ -1,6 +1,6 @@
 //! Content codings on the request path: what the origin is asked for, which validators it
 //! sees, and on-the-fly compression of responses not served from the cache (stored responses
-//! are compressed once, when stored: [`crate::cache::codings`]).
+//! are compressed once per coding: [`crate::cache::codings`]).
 
 use pingora::cache::{CacheMeta, CachePhase};
 use pingora::http::{RequestHeader, ResponseHeader};
