@@ -136,6 +136,31 @@ async fn head_304_and_range_work_per_coding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coding_first_asked_for_by_many_at_once_is_made_once_and_each_gets_a_whole_body() {
+    let origin = Origin::start().await;
+    let body = page(300_000);
+    serve_page(&origin, "/late", body.clone(), FRESH);
+    let proxy = Proxy::for_origin(&origin, "");
+    let filled = get_with(&proxy, "/late", "").await;
+    assert_eq!(filled.coding(), "identity");
+    // Eight clients ask for gzip while it does not exist yet: one request makes it (off the
+    // event loop, as the body is large), the others are served what is stored meanwhile.
+    let requests = (0..8).map(|_| get_with(&proxy, "/late", "gzip"));
+    for resp in futures_util::future::join_all(requests).await {
+        assert_eq!(resp.status, 200);
+        assert!(resp.header("cache-status").unwrap().contains("hit"));
+        assert!(["gzip", "identity"].contains(&resp.coding()), "{}", resp.coding());
+        assert_eq!(resp.decoded(), body, "{} body", resp.coding());
+        assert!(resp.varies_on_accept_encoding());
+    }
+    let later = get_with(&proxy, "/late", "gzip").await;
+    assert_eq!(later.coding(), "gzip", "the coding was stored");
+    assert_eq!(later.header("etag"), Some("\"v1~gzip\""));
+    assert_eq!(later.decoded(), body);
+    assert_eq!(origin.hits("/late"), 1, "no coding refetches the response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revalidation_keeps_every_coding_and_sends_the_origin_its_own_etag() {
     let origin = Origin::start().await;
     let body = page(20_000);
