@@ -800,7 +800,12 @@ impl HandleMiss for BodyFill {
         }
         let codings = self
             .storage
-            .codings_of(self.header, self.body.freeze(), self.eligibility, self.filled_for)
+            .codings_of(
+                self.header,
+                stored_body(self.body),
+                self.eligibility,
+                self.filled_for,
+            )
             .await;
         let entry = Entry {
             meta: self.meta,
@@ -820,11 +825,45 @@ impl HandleMiss for BodyFill {
     }
 }
 
+/// A filled body as it is stored. Its buffer grew by doubling as the chunks came in and the
+/// weigher counts only its length, so a buffer with much spare room is copied into one of its
+/// exact size: otherwise `max_memory` could be exceeded by up to half of each body.
+fn stored_body(body: BytesMut) -> Bytes {
+    if body.capacity() - body.len() > body.len() / 8 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body.freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pingora::cache::trace::Span;
     use pingora::http::ResponseHeader;
+
+    #[test]
+    fn a_filled_body_keeps_no_spare_room() {
+        let mut grown = BytesMut::new();
+        for chunk in [&[1u8; 3000][..], &[2u8; 3000], &[3u8; 3000]] {
+            grown.extend_from_slice(chunk);
+        }
+        assert!(
+            grown.capacity() > 9000 + 9000 / 8,
+            "the buffer grew past the body"
+        );
+        let stored = stored_body(grown.clone()).try_into_mut().unwrap();
+        assert_eq!((stored.len(), stored.capacity()), (9000, 9000));
+        assert_eq!(&stored[..], &grown[..]);
+        let mut exact = BytesMut::with_capacity(1000);
+        exact.extend_from_slice(&[7u8; 990]);
+        let pointer = exact.as_ptr();
+        assert_eq!(
+            stored_body(exact).as_ptr(),
+            pointer,
+            "a snug buffer is kept as it is"
+        );
+    }
 
     fn meta(fresh_for: u64) -> CacheMeta {
         let now = SystemTime::now();
