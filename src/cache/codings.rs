@@ -87,6 +87,15 @@ impl Pending {
         }
     }
 
+    /// The coding a client accepting `accepted` prefers among those pending or `stored`, if it
+    /// is a pending one: what to encode before serving that client.
+    fn preferred_by(self, accepted: Accepted, stored: impl Fn(Coding) -> bool) -> Option<Coding> {
+        PREFERRED
+            .into_iter()
+            .find(|&coding| accepts(accepted, coding) && (self.has(coding) || stored(coding)))
+            .filter(|&coding| self.has(coding))
+    }
+
     fn without(mut self, coding: Coding) -> Pending {
         match coding {
             Coding::Gzip => self.gzip = false,
@@ -159,10 +168,7 @@ impl StoredCodings {
             brotli: true,
         }
         .without(origin_coding);
-        let first = PREFERRED.into_iter().find(|coding| {
-            accepts(filled_for, *coding) && (pending.has(*coding) || *coding == origin_coding)
-        });
-        if let Some(coding) = first.filter(|coding| pending.has(*coding)) {
+        if let Some(coding) = pending.preferred_by(filled_for, |coding| coding == origin_coding) {
             bodies.set(coding, encode_smaller(&bodies.identity, coding, policy));
             pending = pending.without(coding);
         }
@@ -174,11 +180,11 @@ impl StoredCodings {
     /// The coding to encode before serving a client accepting `accepted`: the one it prefers
     /// among those it accepts, when that one is still pending.
     pub fn to_derive(&self, accepted: Accepted) -> Option<Coding> {
-        PREFERRED
-            .into_iter()
-            .filter(|coding| accepts(accepted, *coding))
-            .find(|coding| self.pending.has(*coding) || self.body(*coding).is_some())
-            .filter(|coding| self.pending.has(*coding))
+        if self.pending == Pending::default() {
+            return None; // every hit asks: the common answer costs one comparison
+        }
+        self.pending
+            .preferred_by(accepted, |coding| self.body(coding).is_some())
     }
 
     /// The same codings with the pending `coding` encoded (kept only if it is smaller than

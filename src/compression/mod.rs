@@ -1,8 +1,9 @@
 //! Compression: which responses are compressed, how, and what that does to their headers.
 //!
 //! Cached responses are compressed once per coding, when stored or when a client first accepts
-//! that coding (see [`crate::cache::codings`]), and every hit is served as stored bytes. Responses that are not served from the cache (misses as they
-//! stream through, uncacheable pass-through) are compressed on the fly at a fast level with
+//! that coding (see [`crate::cache::codings`]), and every hit is served as stored bytes.
+//! Responses that are not served from the cache (misses as they stream through, uncacheable
+//! pass-through) are compressed on the fly at a fast level with
 //! [`stream::StreamEncoder`]. Origins are asked for identity whenever the proxy compresses, so a
 //! URL is fetched once whatever its clients accept.
 //!
