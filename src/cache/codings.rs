@@ -239,12 +239,18 @@ impl StoredCodings {
             .into_iter()
             .flatten()
             .map(|r| {
-                let shared = !std::ptr::eq(r, &self.primary) && r.packed.shares_buffer_with(primary);
-                let header = match shared {
+                let boxed = !std::ptr::eq(r, &self.primary);
+                let header = match boxed && r.packed.shares_buffer_with(primary) {
                     true => r.packed.spans_weight(),
                     false => r.packed.weight(),
                 };
-                r.body.len() + header + PACKED_HEADER_OVERHEAD
+                // A compressed coding's own box; the primary is part of the entry.
+                let own_box = if boxed {
+                    std::mem::size_of::<Representation>()
+                } else {
+                    0
+                };
+                r.body.len() + header + PACKED_HEADER_OVERHEAD + own_box
             })
             .sum()
     }
@@ -433,7 +439,8 @@ fn origin_form(header: &mut ResponseHeader, served: Coding, origin: Coding, orig
     Ok(())
 }
 
-/// Bookkeeping bytes charged per packed header (its buffer handle, offsets box, status).
+/// Bookkeeping bytes charged per representation beyond its struct: the shared counts its body
+/// and header buffer allocate once cloned, and the allocator's rounding of its buffers.
 const PACKED_HEADER_OVERHEAD: usize = 64;
 
 /// The `user_tag` of a request's cache key: whether its site compresses and which codings it

@@ -58,17 +58,18 @@ static COMMON_NAMES: [HeaderName; 36] = [
 /// The name index of a field whose name is stored in the buffer, before its value.
 const STORED_NAME: u8 = u8::MAX;
 
-/// Where one field sits in the buffer.
+/// The index of the record that holds a reason phrase other than the status's canonical one.
+const REASON_PHRASE: u8 = u8::MAX - 1;
+
+/// Bytes of a stored name's length, written before the name.
+const NAME_LENGTH_BYTES: usize = 4;
+
+/// Where one field sits in the buffer: its name index (one of [`COMMON_NAMES`], or
+/// [`STORED_NAME`] followed by the name's length and the name), then its value up to `end`.
 #[derive(Debug, Clone, Copy)]
 struct Span {
-    /// Index in [`COMMON_NAMES`], or [`STORED_NAME`].
-    name: u8,
-    /// Start of the stored name, or of the value for a common name.
     start: u32,
-    /// End of the stored name (`start` for a common name).
-    name_end: u32,
-    /// End of the value, which starts at `name_end`.
-    value_end: u32,
+    end: u32,
 }
 
 /// A response header: its status and its fields, in order.
@@ -76,8 +77,6 @@ struct Span {
 pub struct PackedHeader {
     status: StatusCode,
     version: http::Version,
-    /// A reason phrase other than the status's canonical one.
-    reason: Option<Box<str>>,
     /// Every stored name and value; shared by the headers packed together.
     fields: Bytes,
     /// Each field's name and where it sits in `fields`.
@@ -100,22 +99,32 @@ impl PackedHeader {
             header
                 .headers
                 .iter()
-                .map(|(name, value)| name.as_str().len() + value.len())
+                .map(|(name, value)| {
+                    let name = name.as_str().as_bytes();
+                    record_len(name_index(name), name, value.as_bytes())
+                })
                 .sum()
         });
         let mut fields = Vec::with_capacity(first_len);
         let mut all_spans: Vec<Vec<Span>> = Vec::with_capacity(headers.len());
         for header in headers {
             let mut spans = Vec::with_capacity(header.headers.len());
-            for (name, value) in &header.headers {
-                let index = name_index(name);
+            let reason = header
+                .get_reason_phrase()
+                .filter(|&reason| Some(reason) != header.status.canonical_reason());
+            let reason = reason.map(|reason| (REASON_PHRASE, &b""[..], reason.as_bytes()));
+            let named = header.headers.iter().map(|(name, value)| {
+                let name = name.as_str().as_bytes();
+                (name_index(name), name, value.as_bytes())
+            });
+            for (index, name, value) in reason.into_iter().chain(named) {
                 let earlier = all_spans
                     .iter()
                     .flatten()
                     .chain(&spans)
-                    .find(|span| span_holds(&fields, span, index, name, value.as_bytes()))
+                    .find(|span| span_holds(&fields, span, index, name, value))
                     .copied();
-                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, index, name, value.as_bytes())));
+                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, index, name, value)));
             }
             all_spans.push(spans);
         }
@@ -134,7 +143,6 @@ impl PackedHeader {
             .map(|((header, spans), fields)| PackedHeader {
                 status: header.status,
                 version: header.version,
-                reason: header.get_reason_phrase().map(Into::into),
                 fields,
                 spans: spans.into_boxed_slice(),
             })
@@ -145,8 +153,8 @@ impl PackedHeader {
     /// `append_header` would title-case and re-parse every name.
     pub fn unpack(&self) -> Result<ResponseHeader> {
         let mut headers = http::HeaderMap::with_capacity(self.spans.len());
-        for (span, name, value) in self.fields() {
-            let name = match COMMON_NAMES.get(usize::from(span.name)) {
+        for (index, name, value) in self.fields() {
+            let name = match COMMON_NAMES.get(usize::from(index)) {
                 Some(common) => common.clone(),
                 None => HeaderName::from_bytes(&self.fields[name.0..name.1])
                     .map_err(|_| Error::explain(ErrorType::InternalError, "stored header name"))?,
@@ -160,7 +168,9 @@ impl PackedHeader {
         parts.version = self.version;
         parts.headers = headers;
         let mut header = ResponseHeader::from(parts);
-        if let Some(reason) = &self.reason {
+        if let Some(reason) = self.reason() {
+            let reason = std::str::from_utf8(reason)
+                .map_err(|_| Error::explain(ErrorType::InternalError, "stored reason phrase"))?;
             header.set_reason_phrase(Some(reason))?;
         }
         Ok(header)
@@ -169,12 +179,10 @@ impl PackedHeader {
     /// The value of the first field called `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields()
-            .find(
-                |(span, stored, _)| match COMMON_NAMES.get(usize::from(span.name)) {
-                    Some(common) => common.as_str() == name,
-                    None => &self.fields[stored.0..stored.1] == name.as_bytes(),
-                },
-            )
+            .find(|(index, stored, _)| match COMMON_NAMES.get(usize::from(*index)) {
+                Some(common) => common.as_str() == name,
+                None => &self.fields[stored.0..stored.1] == name.as_bytes(),
+            })
             .map(|(_, _, value)| &self.fields[value.0..value.1])
     }
 
@@ -195,50 +203,76 @@ impl PackedHeader {
 
     /// Each field's span, with the (start, end) of its stored name (empty for a common name)
     /// and of its value in `fields`.
-    fn fields(&self) -> impl Iterator<Item = (Span, (usize, usize), (usize, usize))> + '_ {
-        self.spans.iter().map(|&span| {
-            let (start, name_end, value_end) = (
-                span.start as usize,
-                span.name_end as usize,
-                span.value_end as usize,
-            );
-            (span, (start, name_end), (name_end, value_end))
-        })
+    fn fields(&self) -> impl Iterator<Item = (u8, (usize, usize), (usize, usize))> + '_ {
+        self.spans
+            .iter()
+            .map(|span| locate(&self.fields, span))
+            .filter(|&(index, _, _)| index != REASON_PHRASE)
+    }
+
+    /// A reason phrase other than the status's canonical one: the first record, when there is
+    /// one.
+    fn reason(&self) -> Option<&[u8]> {
+        let (index, _, value) = locate(&self.fields, self.spans.first()?);
+        (index == REASON_PHRASE).then(|| &self.fields[value.0..value.1])
     }
 }
 
+/// The name index of the field at `span` in `fields`, and the (start, end) of its stored name
+/// and of its value.
+fn locate(fields: &[u8], span: &Span) -> (u8, (usize, usize), (usize, usize)) {
+    let (start, end) = (span.start as usize, span.end as usize);
+    let index = fields[start];
+    let mut name = (start + 1, start + 1);
+    if index == STORED_NAME {
+        let mut length = [0; NAME_LENGTH_BYTES];
+        length.copy_from_slice(&fields[name.0..name.0 + NAME_LENGTH_BYTES]);
+        let name_start = name.0 + NAME_LENGTH_BYTES;
+        name = (name_start, name_start + u32::from_le_bytes(length) as usize);
+    }
+    (index, name, (name.1, end))
+}
+
 /// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`].
-fn name_index(name: &HeaderName) -> u8 {
+fn name_index(name: &[u8]) -> u8 {
     COMMON_NAMES
         .iter()
-        .position(|common| common == name)
+        .position(|common| common.as_str().as_bytes() == name)
         .and_then(|index| u8::try_from(index).ok())
         .unwrap_or(STORED_NAME)
 }
 
 /// Whether `span` in `fields` is the field `name: value`, `index` being `name`'s
 /// [`name_index`].
-fn span_holds(fields: &[u8], span: &Span, index: u8, name: &HeaderName, value: &[u8]) -> bool {
-    let same_name = span.name == index
-        && (index != STORED_NAME
-            || &fields[span.start as usize..span.name_end as usize] == name.as_str().as_bytes());
-    same_name && &fields[span.name_end as usize..span.value_end as usize] == value
+fn span_holds(fields: &[u8], span: &Span, index: u8, name: &[u8], value: &[u8]) -> bool {
+    let (stored_index, stored_name, stored_value) = locate(fields, span);
+    let same_name =
+        stored_index == index && (index != STORED_NAME || &fields[stored_name.0..stored_name.1] == name);
+    same_name && &fields[stored_value.0..stored_value.1] == value
 }
 
-/// Appends the field `name: value` to `fields` (the name only when it is not a common one,
-/// `index` being its [`name_index`]).
-fn push_field(fields: &mut Vec<u8>, index: u8, name: &HeaderName, value: &[u8]) -> Span {
+/// Bytes [`push_field`] appends for `name: value`.
+fn record_len(index: u8, name: &[u8], value: &[u8]) -> usize {
+    let stored_name = match index {
+        STORED_NAME => NAME_LENGTH_BYTES + name.len(),
+        _ => 0,
+    };
+    1 + stored_name + value.len()
+}
+
+/// Appends the field `name: value` to `fields`: its name index, the name itself only when it
+/// is not a common one (`index` being its [`name_index`]), and the value.
+fn push_field(fields: &mut Vec<u8>, index: u8, name: &[u8], value: &[u8]) -> Span {
     let start = fields.len() as u32;
+    fields.push(index);
     if index == STORED_NAME {
-        fields.extend_from_slice(name.as_str().as_bytes());
+        fields.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        fields.extend_from_slice(name);
     }
-    let name_end = fields.len() as u32;
     fields.extend_from_slice(value);
     Span {
-        name: index,
         start,
-        name_end,
-        value_end: fields.len() as u32,
+        end: fields.len() as u32,
     }
 }
 
@@ -256,6 +290,8 @@ mod tests {
         header.append_header("x-empty", "").unwrap();
         header.append_header("cdn-cache-control", "max-age=60").unwrap();
         header.append_header("vary", "accept-encoding").unwrap();
+        let long_name = "x-".repeat(200) + "name";
+        header.append_header(long_name.clone(), "long").unwrap();
         let packed = PackedHeader::pack(&header);
         let back = packed.unpack().unwrap();
         assert_eq!(back.status, 404);
@@ -267,7 +303,16 @@ mod tests {
         assert_eq!(packed.get("cdn-cache-control"), Some(&b"max-age=60"[..]));
         assert_eq!(packed.get("x-empty"), Some(&b""[..]));
         assert_eq!(packed.get("vary"), Some(&b"accept-encoding"[..]));
-        assert!(packed.weight() < 180, "{}", packed.weight());
+        assert_eq!(packed.get(&long_name), Some(&b"long"[..]));
+        let canonical = PackedHeader::pack(&ResponseHeader::build(404, None).unwrap());
+        assert_eq!(
+            (canonical.reason(), canonical.fields.len()),
+            (None, 0),
+            "a canonical reason is not stored"
+        );
+        assert_eq!(canonical.unpack().unwrap().get_reason_phrase(), Some("Not Found"));
+        let without_long = packed.weight() - (long_name.len() + 4 + 1 + NAME_LENGTH_BYTES + 8);
+        assert!(without_long < 150, "{without_long}");
     }
 
     #[test]
@@ -303,21 +348,26 @@ mod tests {
         assert_eq!(packed[0].get("etag"), Some(&b"\"v1\""[..]));
         let alone = PackedHeader::pack(&identity).weight();
         let added = packed[0].weight() - alone;
-        // gzip adds the values of its three fields (`content-encoding` is a common name);
-        // `odd` adds nothing: its field is the identity's.
-        assert_eq!(added, "W/\"v1~gz\"".len() + "900".len() + "gzip".len());
+        // gzip adds the values of its three fields and their name indexes (`content-encoding`
+        // is a common name); `odd` adds its reason phrase only: its field is the identity's.
+        let gzip_adds = "W/\"v1~gz\"".len() + "900".len() + "gzip".len() + 3;
+        assert_eq!(added, gzip_adds + "Nope".len() + 1);
     }
 
     #[test]
-    fn common_names_take_no_buffer_bytes() {
-        assert!(COMMON_NAMES.len() < usize::from(STORED_NAME));
+    fn common_names_take_one_buffer_byte() {
+        assert!(COMMON_NAMES.len() < usize::from(REASON_PHRASE));
         let mut header = ResponseHeader::build(200, None).unwrap();
         for (at, name) in COMMON_NAMES.iter().enumerate() {
             header.append_header(name.clone(), at.to_string()).unwrap();
         }
         let packed = PackedHeader::pack(&header);
         let values: usize = (0..COMMON_NAMES.len()).map(|at| at.to_string().len()).sum();
-        assert_eq!(packed.fields.len(), values, "only the values are stored");
+        assert_eq!(
+            packed.fields.len(),
+            values + COMMON_NAMES.len(),
+            "values and name indexes"
+        );
         assert_eq!(packed.unpack().unwrap().headers, header.headers);
         for name in &COMMON_NAMES {
             assert!(packed.get(name.as_str()).is_some(), "{name}");

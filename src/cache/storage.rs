@@ -79,7 +79,10 @@ enum StoredMeta {
         created: SystemTime,
         stale_while_revalidate_sec: u32,
         stale_if_error_sec: u32,
-        variance: Option<HashBinary>,
+        /// Set for responses that vary on request headers other than `Accept-Encoding` (rare:
+        /// boxed, so other entries do not carry its room).
+        variance: Option<Box<HashBinary>>,
+        /// Set whenever the response arrived with an age (its `Date` is in the past).
         epoch_override: Option<SystemTime>,
     },
     /// Revalidated entries (whose update time or provenance differ from creation), kept in
@@ -97,7 +100,7 @@ impl StoredMeta {
             created: meta.created(),
             stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
             stale_if_error_sec: meta.stale_if_error_sec(),
-            variance: meta.variance(),
+            variance: meta.variance().map(Box::new),
             epoch_override: meta.epoch_override(),
         })
     }
@@ -120,7 +123,7 @@ impl StoredMeta {
                     header,
                 );
                 if let Some(variance) = variance {
-                    meta.set_variance(*variance);
+                    meta.set_variance(**variance);
                 }
                 if let Some(epoch) = epoch_override {
                     meta.set_epoch_override(*epoch);
@@ -138,7 +141,10 @@ impl StoredMeta {
     /// Heap bytes held beyond the entry itself.
     fn len(&self) -> usize {
         match self {
-            StoredMeta::Fields { .. } => 0,
+            StoredMeta::Fields { variance: None, .. } => 0,
+            StoredMeta::Fields {
+                variance: Some(_), ..
+            } => std::mem::size_of::<HashBinary>(),
             StoredMeta::Serialized(internal) => internal.len(),
         }
     }
@@ -841,6 +847,18 @@ mod tests {
     use super::*;
     use pingora::cache::trace::Span;
     use pingora::http::ResponseHeader;
+
+    #[test]
+    fn an_entry_and_its_reference_counts_fit_one_256_byte_allocation() {
+        // jemalloc's size classes step from 256 to 320 bytes: every stored object pays the
+        // class its entry lands in.
+        let counts = 2 * std::mem::size_of::<usize>();
+        assert!(
+            std::mem::size_of::<Entry>() + counts <= 256,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
 
     #[test]
     fn a_filled_body_keeps_no_spare_room() {
