@@ -9,6 +9,7 @@ pub mod codings;
 pub mod directives;
 pub mod engine;
 pub mod failed_refreshes;
+mod field_values;
 pub mod fill_budget;
 pub mod invalidation;
 pub mod key;

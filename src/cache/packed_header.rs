@@ -2,18 +2,23 @@
 //! hash-map slot of about a hundred bytes plus its own allocation; a cached object of 1 KiB with
 //! a dozen header fields spent more on its header than on its body. Packed, the values (and the
 //! names that are not common response field names) sit end to end in one `Bytes`, common names
-//! are one byte, and a hit unpacks them: values are slices of the shared buffer, not copies, and
-//! common names are copied from a table instead of parsed again.
+//! are one byte, HTTP dates and common values a few ([`super::field_values`]), and a hit unpacks
+//! them: values are slices of the shared buffer or table entries, not copies, and common names
+//! are copied from a table instead of parsed again.
 //!
 //! The headers of one response's codings (identity, gzip, brotli) differ in a few fields only;
 //! packed together ([`PackedHeader::pack_all`]) they share one buffer that holds each distinct
 //! field once.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::header;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
+
+use super::field_values::{self, Compact};
 
 /// Field names stored as their index here: the ones origins commonly send with responses.
 static COMMON_NAMES: [HeaderName; 36] = [
@@ -64,8 +69,19 @@ const REASON_PHRASE: u8 = u8::MAX - 1;
 /// Bytes of a stored name's length, written before the name.
 const NAME_LENGTH_BYTES: usize = 4;
 
-/// Where one field sits in the buffer: its name index (one of [`COMMON_NAMES`], or
-/// [`STORED_NAME`] followed by the name's length and the name), then its value up to `end`.
+/// Flag on a common name's index: the value is one of [`field_values::COMMON_VALUES`], whose
+/// index is the next byte.
+const COMMON_VALUE: u8 = 0x80;
+
+/// Flag on a common name's index: the value is an HTTP date, the next four bytes its seconds.
+const HTTP_DATE: u8 = 0x40;
+
+/// The bits of a common name's index that hold the index itself.
+const NAME_BITS: u8 = 0x3f;
+
+/// Where one field sits in the buffer: its name index (one of [`COMMON_NAMES`], possibly
+/// flagged with the form of its value, or [`STORED_NAME`] followed by the name's length and the
+/// name), then its value up to `end`.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     start: u32,
@@ -107,6 +123,7 @@ impl PackedHeader {
         });
         let mut fields = Vec::with_capacity(first_len);
         let mut all_spans: Vec<Vec<Span>> = Vec::with_capacity(headers.len());
+        let mut record = Vec::new();
         for header in headers {
             let mut spans = Vec::with_capacity(header.headers.len());
             let reason = header
@@ -118,13 +135,22 @@ impl PackedHeader {
                 (name_index(name), name, value.as_bytes())
             });
             for (index, name, value) in reason.into_iter().chain(named) {
+                record.clear();
+                encode_record(&mut record, index, name, value);
                 let earlier = all_spans
                     .iter()
                     .flatten()
                     .chain(&spans)
-                    .find(|span| span_holds(&fields, span, index, name, value))
+                    .find(|span| fields[span.start as usize..span.end as usize] == record[..])
                     .copied();
-                spans.push(earlier.unwrap_or_else(|| push_field(&mut fields, index, name, value)));
+                spans.push(earlier.unwrap_or_else(|| {
+                    let start = fields.len() as u32;
+                    fields.extend_from_slice(&record);
+                    Span {
+                        start,
+                        end: fields.len() as u32,
+                    }
+                }));
             }
             all_spans.push(spans);
         }
@@ -159,8 +185,14 @@ impl PackedHeader {
                 None => HeaderName::from_bytes(&self.fields[name.0..name.1])
                     .map_err(|_| Error::explain(ErrorType::InternalError, "stored header name"))?,
             };
-            let value = HeaderValue::from_maybe_shared(self.fields.slice(value.0..value.1))
-                .map_err(|_| Error::explain(ErrorType::InternalError, "stored header value"))?;
+            let value = match value {
+                Value::Stored(start, end) => HeaderValue::from_maybe_shared(self.fields.slice(start..end)),
+                Value::Common(common) => Ok(HeaderValue::from_static(common)),
+                Value::Date(seconds) => {
+                    HeaderValue::from_maybe_shared(Bytes::from(field_values::render_date(seconds)))
+                }
+            }
+            .map_err(|_| Error::explain(ErrorType::InternalError, "stored header value"))?;
             headers.append(name, value);
         }
         let (mut parts, ()) = http::Response::new(()).into_parts();
@@ -177,13 +209,17 @@ impl PackedHeader {
     }
 
     /// The value of the first field called `name` (lower-case).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
+    pub fn get(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         self.fields()
             .find(|(index, stored, _)| match COMMON_NAMES.get(usize::from(*index)) {
                 Some(common) => common.as_str() == name,
                 None => &self.fields[stored.0..stored.1] == name.as_bytes(),
             })
-            .map(|(_, _, value)| &self.fields[value.0..value.1])
+            .map(|(_, _, value)| match value {
+                Value::Stored(start, end) => Cow::Borrowed(&self.fields[start..end]),
+                Value::Common(common) => Cow::Borrowed(common.as_bytes()),
+                Value::Date(seconds) => Cow::Owned(field_values::render_date(seconds).into_bytes()),
+            })
     }
 
     /// Bytes held: the buffer and the spans.
@@ -201,9 +237,9 @@ impl PackedHeader {
         self.fields.as_ptr() == other.fields.as_ptr() && self.fields.len() == other.fields.len()
     }
 
-    /// Each field's span, with the (start, end) of its stored name (empty for a common name)
-    /// and of its value in `fields`.
-    fn fields(&self) -> impl Iterator<Item = (u8, (usize, usize), (usize, usize))> + '_ {
+    /// Each field's name index, the (start, end) of its stored name (empty for a common name)
+    /// and its value.
+    fn fields(&self) -> impl Iterator<Item = (u8, (usize, usize), Value)> + '_ {
         self.spans
             .iter()
             .map(|span| locate(&self.fields, span))
@@ -213,24 +249,55 @@ impl PackedHeader {
     /// A reason phrase other than the status's canonical one: the first record, when there is
     /// one.
     fn reason(&self) -> Option<&[u8]> {
-        let (index, _, value) = locate(&self.fields, self.spans.first()?);
-        (index == REASON_PHRASE).then(|| &self.fields[value.0..value.1])
+        match locate(&self.fields, self.spans.first()?) {
+            (REASON_PHRASE, _, Value::Stored(start, end)) => Some(&self.fields[start..end]),
+            _ => None,
+        }
     }
 }
 
-/// The name index of the field at `span` in `fields`, and the (start, end) of its stored name
-/// and of its value.
-fn locate(fields: &[u8], span: &Span) -> (u8, (usize, usize), (usize, usize)) {
+/// A field's value as its record holds it.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// At (start, end) in the buffer.
+    Stored(usize, usize),
+    /// A table value.
+    Common(&'static str),
+    /// An HTTP date, in seconds since the Unix epoch.
+    Date(u32),
+}
+
+/// The name index of the field at `span` in `fields` (without flags), the (start, end) of its
+/// stored name, and its value.
+fn locate(fields: &[u8], span: &Span) -> (u8, (usize, usize), Value) {
     let (start, end) = (span.start as usize, span.end as usize);
     let index = fields[start];
-    let mut name = (start + 1, start + 1);
-    if index == STORED_NAME {
-        let mut length = [0; NAME_LENGTH_BYTES];
-        length.copy_from_slice(&fields[name.0..name.0 + NAME_LENGTH_BYTES]);
-        let name_start = name.0 + NAME_LENGTH_BYTES;
-        name = (name_start, name_start + u32::from_le_bytes(length) as usize);
+    let after = start + 1;
+    match index {
+        STORED_NAME => {
+            let mut length = [0; NAME_LENGTH_BYTES];
+            length.copy_from_slice(&fields[after..after + NAME_LENGTH_BYTES]);
+            let name_start = after + NAME_LENGTH_BYTES;
+            let name_end = name_start + u32::from_le_bytes(length) as usize;
+            (index, (name_start, name_end), Value::Stored(name_end, end))
+        }
+        REASON_PHRASE => (index, (after, after), Value::Stored(after, end)),
+        _ if index & COMMON_VALUE != 0 => {
+            // The table's values are checked when packed; an unknown index is an empty value.
+            let value = field_values::common(fields[after]).unwrap_or_default();
+            (index & NAME_BITS, (after, after), Value::Common(value))
+        }
+        _ if index & HTTP_DATE != 0 => {
+            let mut seconds = [0; 4];
+            seconds.copy_from_slice(&fields[after..after + 4]);
+            (
+                index & NAME_BITS,
+                (after, after),
+                Value::Date(u32::from_le_bytes(seconds)),
+            )
+        }
+        _ => (index, (after, after), Value::Stored(after, end)),
     }
-    (index, name, (name.1, end))
 }
 
 /// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`].
@@ -242,16 +309,7 @@ fn name_index(name: &[u8]) -> u8 {
         .unwrap_or(STORED_NAME)
 }
 
-/// Whether `span` in `fields` is the field `name: value`, `index` being `name`'s
-/// [`name_index`].
-fn span_holds(fields: &[u8], span: &Span, index: u8, name: &[u8], value: &[u8]) -> bool {
-    let (stored_index, stored_name, stored_value) = locate(fields, span);
-    let same_name =
-        stored_index == index && (index != STORED_NAME || &fields[stored_name.0..stored_name.1] == name);
-    same_name && &fields[stored_value.0..stored_value.1] == value
-}
-
-/// Bytes [`push_field`] appends for `name: value`.
+/// Upper bound of the bytes [`encode_record`] writes for `name: value`.
 fn record_len(index: u8, name: &[u8], value: &[u8]) -> usize {
     let stored_name = match index {
         STORED_NAME => NAME_LENGTH_BYTES + name.len(),
@@ -260,19 +318,26 @@ fn record_len(index: u8, name: &[u8], value: &[u8]) -> usize {
     1 + stored_name + value.len()
 }
 
-/// Appends the field `name: value` to `fields`: its name index, the name itself only when it
-/// is not a common one (`index` being its [`name_index`]), and the value.
-fn push_field(fields: &mut Vec<u8>, index: u8, name: &[u8], value: &[u8]) -> Span {
-    let start = fields.len() as u32;
-    fields.push(index);
-    if index == STORED_NAME {
-        fields.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        fields.extend_from_slice(name);
-    }
-    fields.extend_from_slice(value);
-    Span {
-        start,
-        end: fields.len() as u32,
+/// Writes the record of the field `name: value` to `out`: its name index (`index`, its
+/// [`name_index`], or [`REASON_PHRASE`]), the name itself only when it is not a common one, and
+/// the value, in compact form when a common name's value has one. Equal fields make equal
+/// records.
+fn encode_record(out: &mut Vec<u8>, index: u8, name: &[u8], value: &[u8]) {
+    let common_name = index <= NAME_BITS;
+    match field_values::compact(value).filter(|_| common_name) {
+        Some(Compact::Common(at)) => out.extend_from_slice(&[index | COMMON_VALUE, at]),
+        Some(Compact::Date(seconds)) => {
+            out.push(index | HTTP_DATE);
+            out.extend_from_slice(&seconds.to_le_bytes());
+        }
+        None => {
+            out.push(index);
+            if index == STORED_NAME {
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name);
+            }
+            out.extend_from_slice(value);
+        }
     }
 }
 
@@ -297,13 +362,16 @@ mod tests {
         assert_eq!(back.status, 404);
         assert_eq!(back.get_reason_phrase(), Some("Gone Fishing"));
         assert_eq!(back.headers, header.headers);
-        assert_eq!(packed.get("content-type"), Some(&b"text/html"[..]));
-        assert_eq!(packed.get("set-cookie"), Some(&b"a=1"[..]));
-        assert_eq!(packed.get("etag"), None);
-        assert_eq!(packed.get("cdn-cache-control"), Some(&b"max-age=60"[..]));
-        assert_eq!(packed.get("x-empty"), Some(&b""[..]));
-        assert_eq!(packed.get("vary"), Some(&b"accept-encoding"[..]));
-        assert_eq!(packed.get(&long_name), Some(&b"long"[..]));
+        assert_eq!(packed.get("content-type").as_deref(), Some(&b"text/html"[..]));
+        assert_eq!(packed.get("set-cookie").as_deref(), Some(&b"a=1"[..]));
+        assert_eq!(packed.get("etag").as_deref(), None);
+        assert_eq!(
+            packed.get("cdn-cache-control").as_deref(),
+            Some(&b"max-age=60"[..])
+        );
+        assert_eq!(packed.get("x-empty").as_deref(), Some(&b""[..]));
+        assert_eq!(packed.get("vary").as_deref(), Some(&b"accept-encoding"[..]));
+        assert_eq!(packed.get(&long_name).as_deref(), Some(&b"long"[..]));
         let canonical = PackedHeader::pack(&ResponseHeader::build(404, None).unwrap());
         assert_eq!(
             (canonical.reason(), canonical.fields.len()),
@@ -313,6 +381,33 @@ mod tests {
         assert_eq!(canonical.unpack().unwrap().get_reason_phrase(), Some("Not Found"));
         let without_long = packed.weight() - (long_name.len() + 4 + 1 + NAME_LENGTH_BYTES + 8);
         assert!(without_long < 150, "{without_long}");
+    }
+
+    #[test]
+    fn dates_and_common_values_are_compact_and_come_back_as_sent() {
+        let date = "Wed, 02 Dec 2026 15:23:16 GMT";
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.append_header("date", date).unwrap();
+        header
+            .append_header("last-modified", "Tue, 01 Dec 2026 08:00:00 GMT")
+            .unwrap();
+        header
+            .append_header("expires", "Wednesday, 02-Dec-26 15:23:16 GMT")
+            .unwrap();
+        header.append_header("vary", "Accept-Encoding").unwrap();
+        header
+            .append_header("content-type", "text/html; charset=utf-8")
+            .unwrap();
+        header.append_header("x-coding", "gzip").unwrap();
+        let packed = PackedHeader::pack(&header);
+        assert_eq!(packed.unpack().unwrap().headers, header.headers);
+        assert_eq!(packed.get("date").as_deref(), Some(date.as_bytes()));
+        assert_eq!(packed.get("vary").as_deref(), Some(&b"Accept-Encoding"[..]));
+        assert_eq!(packed.get("x-coding").as_deref(), Some(&b"gzip"[..]));
+        // Two dates in five bytes each, two table values in two; the RFC 850 date and the
+        // value of a stored name as sent.
+        let as_sent = (1 + "Wednesday, 02-Dec-26 15:23:16 GMT".len()) + (1 + 4 + "x-coding".len() + 4);
+        assert_eq!(packed.fields.len(), 2 * 5 + 2 * 2 + as_sent);
     }
 
     #[test]
@@ -344,14 +439,15 @@ mod tests {
             assert!(!packed.shares_buffer_with(&PackedHeader::pack(header)));
         }
         assert!(packed[1].shares_buffer_with(&packed[0]) && packed[2].shares_buffer_with(&packed[0]));
-        assert_eq!(packed[1].get("etag"), Some(&b"W/\"v1~gz\""[..]));
-        assert_eq!(packed[0].get("etag"), Some(&b"\"v1\""[..]));
+        assert_eq!(packed[1].get("etag").as_deref(), Some(&b"W/\"v1~gz\""[..]));
+        assert_eq!(packed[0].get("etag").as_deref(), Some(&b"\"v1\""[..]));
         let alone = PackedHeader::pack(&identity).weight();
         let added = packed[0].weight() - alone;
-        // gzip adds the values of its three fields and their name indexes (`content-encoding`
-        // is a common name); `odd` adds its reason phrase only: its field is the identity's.
-        let gzip_adds = "W/\"v1~gz\"".len() + "900".len() + "gzip".len() + 3;
-        assert_eq!(added, gzip_adds + "Nope".len() + 1);
+        // gzip adds its three fields: each a name index (all three names are common ones) and
+        // its value, `gzip` as an index into the table of common values; `odd` adds its reason
+        // phrase only: its field is the identity's.
+        let gzip_adds = (1 + "W/\"v1~gz\"".len()) + (1 + "900".len()) + 2;
+        assert_eq!(added, gzip_adds + 1 + "Nope".len());
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! Compact forms of common response field values, for [`super::packed_header`].
+//!
+//! Many responses carry some values word for word (`bytes`, `Accept-Encoding`,
+//! `text/html; charset=utf-8`): stored as an index into [`COMMON_VALUES`], each takes one byte
+//! and a hit serves it from the table without touching the buffer. HTTP dates (`Date`,
+//! `Last-Modified`, `Expires`, 29 bytes each, on nearly every response) are stored as four bytes
+//! of seconds and written out again on a hit. Only values that come back byte for byte are
+//! compacted: a date in another format, or with a day of the week that does not match, is
+//! stored as sent.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Values common enough across origins to be worth a table entry.
+pub static COMMON_VALUES: [&str; 64] = [
+    "bytes",
+    "none",
+    "Accept-Encoding",
+    "accept-encoding",
+    "Origin",
+    "Accept",
+    "gzip",
+    "br",
+    "deflate",
+    "zstd",
+    "identity",
+    "chunked",
+    "keep-alive",
+    "close",
+    "nosniff",
+    "SAMEORIGIN",
+    "DENY",
+    "1; mode=block",
+    "0",
+    "*",
+    "true",
+    "no-cache",
+    "no-store",
+    "private",
+    "public",
+    "must-revalidate",
+    "no-cache, no-store, must-revalidate",
+    "max-age=31536000",
+    "public, max-age=31536000",
+    "public, max-age=31536000, immutable",
+    "max-age=31536000; includeSubDomains",
+    "max-age=31536000; includeSubDomains; preload",
+    "max-age=63072000; includeSubDomains; preload",
+    "strict-origin-when-cross-origin",
+    "no-referrer",
+    "no-referrer-when-downgrade",
+    "same-origin",
+    "text/html",
+    "text/html; charset=utf-8",
+    "text/html; charset=UTF-8",
+    "text/plain",
+    "text/plain; charset=utf-8",
+    "text/css",
+    "text/css; charset=utf-8",
+    "text/javascript",
+    "text/javascript; charset=utf-8",
+    "application/javascript",
+    "application/javascript; charset=utf-8",
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/xml",
+    "application/octet-stream",
+    "application/pdf",
+    "application/wasm",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/svg+xml",
+    "image/x-icon",
+    "font/woff2",
+    "font/woff",
+    "video/mp4",
+];
+
+/// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only date form compacted.
+const HTTP_DATE_LEN: usize = 29;
+
+/// A value in compact form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compact {
+    /// Index into [`COMMON_VALUES`].
+    Common(u8),
+    /// An HTTP date, in seconds since the Unix epoch.
+    Date(u32),
+}
+
+/// The compact form of `value`, when it has one.
+pub fn compact(value: &[u8]) -> Option<Compact> {
+    if value.len() == HTTP_DATE_LEN {
+        return compact_date(value).map(Compact::Date);
+    }
+    COMMON_VALUES
+        .iter()
+        .position(|common| common.as_bytes() == value)
+        .and_then(|index| u8::try_from(index).ok())
+        .map(Compact::Common)
+}
+
+/// The table value at `index`.
+pub fn common(index: u8) -> Option<&'static str> {
+    COMMON_VALUES.get(usize::from(index)).copied()
+}
+
+/// The date `seconds` after the Unix epoch, as an IMF-fixdate.
+pub fn render_date(seconds: u32) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds.into()))
+}
+
+/// `value`'s seconds since the Unix epoch, if it is an IMF-fixdate that [`render_date`] writes
+/// back identically.
+fn compact_date(value: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(value).ok()?;
+    let date: SystemTime = httpdate::parse_http_date(text).ok()?;
+    let seconds = u32::try_from(date.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    (render_date(seconds).as_bytes() == value).then_some(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_come_back_byte_for_byte_or_are_not_compacted() {
+        let date = b"Wed, 02 Dec 2026 15:23:16 GMT";
+        let Some(Compact::Date(seconds)) = compact(date) else {
+            panic!("an IMF-fixdate is compacted");
+        };
+        assert_eq!(render_date(seconds).as_bytes(), date);
+        // Parsable, but not written back the same way: stored as sent.
+        for kept in [
+            &b"Thu, 02 Dec 2026 15:23:16 GMT"[..], // wrong day of the week
+            b"Wednesday, 02-Dec-26 15:23:16 GMT",  // RFC 850
+            b"Wed Dec  2 15:23:16 2026",           // asctime
+            b"Wed, 02 Dec 2126 15:23:16 GMT",      // past u32 seconds
+            b"Wed, 02 Dec 2026 15:23:16 UTC",
+        ] {
+            assert_eq!(compact(kept), None, "{}", String::from_utf8_lossy(kept));
+        }
+    }
+
+    #[test]
+    fn table_values_are_distinct_valid_field_values() {
+        for (at, value) in COMMON_VALUES.iter().enumerate() {
+            assert!(http::HeaderValue::from_str(value).is_ok(), "{value}");
+            assert_ne!(value.len(), HTTP_DATE_LEN, "{value}");
+            assert_eq!(
+                compact(value.as_bytes()),
+                Some(Compact::Common(at as u8)),
+                "{value}"
+            );
+            assert_eq!(common(at as u8), Some(*value));
+        }
+        assert_eq!(compact(b"text/html;charset=utf-8"), None);
+    }
+}
