@@ -241,7 +241,7 @@ impl StoredCodings {
             .map(|r| {
                 let boxed = !std::ptr::eq(r, &self.primary);
                 let header = match boxed && r.packed.shares_buffer_with(primary) {
-                    true => r.packed.spans_weight(),
+                    true => r.packed.offsets_weight(),
                     false => r.packed.weight(),
                 };
                 // A compressed coding's own box; the primary is part of the entry.

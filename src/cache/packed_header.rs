@@ -66,9 +66,6 @@ const STORED_NAME: u8 = u8::MAX;
 /// The index of the record that holds a reason phrase other than the status's canonical one.
 const REASON_PHRASE: u8 = u8::MAX - 1;
 
-/// Bytes of a stored name's length, written before the name.
-const NAME_LENGTH_BYTES: usize = 4;
-
 /// Flag on a common name's index: the value is one of [`field_values::COMMON_VALUES`], whose
 /// index is the next byte.
 const COMMON_VALUE: u8 = 0x80;
@@ -79,13 +76,14 @@ const HTTP_DATE: u8 = 0x40;
 /// The bits of a common name's index that hold the index itself.
 const NAME_BITS: u8 = 0x3f;
 
-/// Where one field sits in the buffer: its name index (one of [`COMMON_NAMES`], possibly
-/// flagged with the form of its value, or [`STORED_NAME`] followed by the name's length and the
-/// name), then its value up to `end`.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    end: u32,
+/// Which records of the shared buffer make up one header, in order.
+#[derive(Debug, Clone)]
+enum Records {
+    /// The buffer's first `len` bytes, `count` records one after another: the first header
+    /// packed, which needs no offsets.
+    Leading { len: u32, count: u32 },
+    /// The offset of each record: a header that shares records with one packed before it.
+    At(Box<[u32]>),
 }
 
 /// A response header: its status and its fields, in order.
@@ -93,10 +91,10 @@ struct Span {
 pub struct PackedHeader {
     status: StatusCode,
     version: http::Version,
-    /// Every stored name and value; shared by the headers packed together.
+    /// Every field record; shared by the headers packed together.
     fields: Bytes,
-    /// Each field's name and where it sits in `fields`.
-    spans: Box<[Span]>,
+    /// Which of them are this header's.
+    records: Records,
 }
 
 impl PackedHeader {
@@ -109,51 +107,41 @@ impl PackedHeader {
     /// Packs `headers` into one shared buffer in which a field that several of them carry
     /// (same name, same value) is stored once.
     pub fn pack_all(headers: &[&ResponseHeader]) -> Vec<PackedHeader> {
-        // Room for the first header's names and values: most of what the others carry is
-        // shared with it, so the buffer rarely grows.
+        // Room for the first header's records: most of what the others carry is shared with
+        // it, so the buffer rarely grows.
         let first_len = headers.first().map_or(0, |header| {
             header
                 .headers
                 .iter()
-                .map(|(name, value)| {
-                    let name = name.as_str().as_bytes();
-                    record_len(name_index(name), name, value.as_bytes())
-                })
+                .map(|(name, value)| record_len(name.as_str().as_bytes(), value.as_bytes()))
                 .sum()
         });
         let mut fields = Vec::with_capacity(first_len);
-        let mut all_spans: Vec<Vec<Span>> = Vec::with_capacity(headers.len());
+        let mut all_starts: Vec<Vec<u32>> = Vec::with_capacity(headers.len());
         let mut record = Vec::new();
         for header in headers {
-            let mut spans = Vec::with_capacity(header.headers.len());
-            let reason = header
-                .get_reason_phrase()
-                .filter(|&reason| Some(reason) != header.status.canonical_reason());
-            let reason = reason.map(|reason| (REASON_PHRASE, &b""[..], reason.as_bytes()));
-            let named = header.headers.iter().map(|(name, value)| {
-                let name = name.as_str().as_bytes();
-                (name_index(name), name, value.as_bytes())
-            });
-            for (index, name, value) in reason.into_iter().chain(named) {
+            let mut starts = Vec::with_capacity(header.headers.len());
+            for (index, name, value) in header_fields(header) {
                 record.clear();
                 encode_record(&mut record, index, name, value);
-                let earlier = all_spans
+                let earlier = all_starts
                     .iter()
                     .flatten()
-                    .chain(&spans)
-                    .find(|span| fields[span.start as usize..span.end as usize] == record[..])
-                    .copied();
-                spans.push(earlier.unwrap_or_else(|| {
+                    .chain(&starts)
+                    .copied()
+                    .find(|&start| {
+                        let start = start as usize;
+                        fields.get(start..start + record.len()) == Some(&record[..])
+                    });
+                starts.push(earlier.unwrap_or_else(|| {
                     let start = fields.len() as u32;
                     fields.extend_from_slice(&record);
-                    Span {
-                        start,
-                        end: fields.len() as u32,
-                    }
+                    start
                 }));
             }
-            all_spans.push(spans);
+            all_starts.push(starts);
         }
+        let first_records = all_starts.first().and_then(|starts| leading_len(&fields, starts));
         // Trimmed to its length: `Bytes` keeps a `Vec`'s spare capacity, which `weight` would
         // not count.
         let fields = Bytes::from(fields.into_boxed_slice());
@@ -164,13 +152,20 @@ impl PackedHeader {
         buffers.push(fields);
         headers
             .iter()
-            .zip(all_spans)
+            .zip(all_starts)
             .zip(buffers)
-            .map(|((header, spans), fields)| PackedHeader {
+            .enumerate()
+            .map(|(at, ((header, starts), fields))| PackedHeader {
                 status: header.status,
                 version: header.version,
                 fields,
-                spans: spans.into_boxed_slice(),
+                records: match (at, first_records) {
+                    (0, Some(len)) => Records::Leading {
+                        len,
+                        count: starts.len() as u32,
+                    },
+                    _ => Records::At(starts.into_boxed_slice()),
+                },
             })
             .collect()
     }
@@ -178,14 +173,14 @@ impl PackedHeader {
     /// The header again, as pingora serves it. The map is filled directly: pingora's
     /// `append_header` would title-case and re-parse every name.
     pub fn unpack(&self) -> Result<ResponseHeader> {
-        let mut headers = http::HeaderMap::with_capacity(self.spans.len());
-        for (index, name, value) in self.fields() {
-            let name = match COMMON_NAMES.get(usize::from(index)) {
+        let mut headers = http::HeaderMap::with_capacity(self.len());
+        for field in self.fields() {
+            let name = match COMMON_NAMES.get(usize::from(field.index)) {
                 Some(common) => common.clone(),
-                None => HeaderName::from_bytes(&self.fields[name.0..name.1])
+                None => HeaderName::from_bytes(&self.fields[field.name.0..field.name.1])
                     .map_err(|_| Error::explain(ErrorType::InternalError, "stored header name"))?,
             };
-            let value = match value {
+            let value = match field.value {
                 Value::Stored(start, end) => HeaderValue::from_maybe_shared(self.fields.slice(start..end)),
                 Value::Common(common) => Ok(HeaderValue::from_static(common)),
                 Value::Date(seconds) => {
@@ -211,25 +206,29 @@ impl PackedHeader {
     /// The value of the first field called `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         self.fields()
-            .find(|(index, stored, _)| match COMMON_NAMES.get(usize::from(*index)) {
+            .find(|field| match COMMON_NAMES.get(usize::from(field.index)) {
                 Some(common) => common.as_str() == name,
-                None => &self.fields[stored.0..stored.1] == name.as_bytes(),
+                None => &self.fields[field.name.0..field.name.1] == name.as_bytes(),
             })
-            .map(|(_, _, value)| match value {
+            .map(|field| match field.value {
                 Value::Stored(start, end) => Cow::Borrowed(&self.fields[start..end]),
                 Value::Common(common) => Cow::Borrowed(common.as_bytes()),
                 Value::Date(seconds) => Cow::Owned(field_values::render_date(seconds).into_bytes()),
             })
     }
 
-    /// Bytes held: the buffer and the spans.
+    /// Bytes held: the buffer and the record offsets.
     pub fn weight(&self) -> usize {
-        self.fields.len() + self.spans_weight()
+        self.fields.len() + self.offsets_weight()
     }
 
-    /// Bytes held by the spans alone: what a header packed together with another adds.
-    pub fn spans_weight(&self) -> usize {
-        self.spans.len() * std::mem::size_of::<Span>()
+    /// Bytes held by the record offsets alone: what a header packed together with another
+    /// adds.
+    pub fn offsets_weight(&self) -> usize {
+        match &self.records {
+            Records::Leading { .. } => 0,
+            Records::At(starts) => std::mem::size_of_val::<[u32]>(starts),
+        }
     }
 
     /// Whether `self` and `other` were packed together (they share one buffer).
@@ -237,23 +236,74 @@ impl PackedHeader {
         self.fields.as_ptr() == other.fields.as_ptr() && self.fields.len() == other.fields.len()
     }
 
-    /// Each field's name index, the (start, end) of its stored name (empty for a common name)
-    /// and its value.
-    fn fields(&self) -> impl Iterator<Item = (u8, (usize, usize), Value)> + '_ {
-        self.spans
-            .iter()
-            .map(|span| locate(&self.fields, span))
-            .filter(|&(index, _, _)| index != REASON_PHRASE)
+    /// How many records the header has, for sizing the map it unpacks into.
+    fn len(&self) -> usize {
+        match &self.records {
+            Records::Leading { count, .. } => *count as usize,
+            Records::At(starts) => starts.len(),
+        }
+    }
+
+    /// The header's records, in order, reason phrase included.
+    fn records(&self) -> impl Iterator<Item = Field> + '_ {
+        let (leading, starts) = match &self.records {
+            Records::Leading { len, .. } => (Some(*len as usize), &[][..]),
+            Records::At(starts) => (None, &starts[..]),
+        };
+        let mut next = 0;
+        let leading = std::iter::from_fn(move || {
+            let field = (next < leading?).then(|| decode(&self.fields, next))?;
+            next = field.end;
+            Some(field)
+        });
+        let at = starts.iter().map(|&start| decode(&self.fields, start as usize));
+        leading.chain(at)
+    }
+
+    /// The header's fields, in order.
+    fn fields(&self) -> impl Iterator<Item = Field> + '_ {
+        self.records().filter(|field| field.index != REASON_PHRASE)
     }
 
     /// A reason phrase other than the status's canonical one: the first record, when there is
     /// one.
     fn reason(&self) -> Option<&[u8]> {
-        match locate(&self.fields, self.spans.first()?) {
-            (REASON_PHRASE, _, Value::Stored(start, end)) => Some(&self.fields[start..end]),
+        match self.records().next()? {
+            Field {
+                index: REASON_PHRASE,
+                value: Value::Stored(start, end),
+                ..
+            } => Some(&self.fields[start..end]),
             _ => None,
         }
     }
+}
+
+/// The fields of `header` to pack, as (name index, name, value): its reason phrase first when
+/// it is not the status's canonical one.
+fn header_fields<'h>(header: &'h ResponseHeader) -> impl Iterator<Item = (u8, &'h [u8], &'h [u8])> + 'h {
+    let reason = header
+        .get_reason_phrase()
+        .filter(|&reason| Some(reason) != header.status.canonical_reason())
+        .map(|reason| (REASON_PHRASE, &b""[..], reason.as_bytes()));
+    let named = header.headers.iter().map(|(name, value)| {
+        let name = name.as_str().as_bytes();
+        (name_index(name), name, value.as_bytes())
+    });
+    reason.into_iter().chain(named)
+}
+
+/// The length of the first header's records when they lead the buffer in order (none of them
+/// repeats an earlier one), so the header needs no offsets.
+fn leading_len(fields: &[u8], starts: &[u32]) -> Option<u32> {
+    let mut expected = 0;
+    for &start in starts {
+        if start as usize != expected {
+            return None;
+        }
+        expected = decode(fields, expected).end;
+    }
+    u32::try_from(expected).ok()
 }
 
 /// A field's value as its record holds it.
@@ -267,36 +317,60 @@ enum Value {
     Date(u32),
 }
 
-/// The name index of the field at `span` in `fields` (without flags), the (start, end) of its
-/// stored name, and its value.
-fn locate(fields: &[u8], span: &Span) -> (u8, (usize, usize), Value) {
-    let (start, end) = (span.start as usize, span.end as usize);
+/// One decoded record.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    /// Its name index, without flags: one of [`COMMON_NAMES`], [`STORED_NAME`] or
+    /// [`REASON_PHRASE`].
+    index: u8,
+    /// The (start, end) of its stored name in the buffer; empty for a common name.
+    name: (usize, usize),
+    value: Value,
+    /// Where the next record starts.
+    end: usize,
+}
+
+/// The record at `start` in `fields`: a name index (a common name's flagged with the form of
+/// its value), then the name's length and the name for [`STORED_NAME`], then the value: a
+/// table index, four bytes of date, or its length and bytes.
+fn decode(fields: &[u8], start: usize) -> Field {
     let index = fields[start];
-    let after = start + 1;
-    match index {
-        STORED_NAME => {
-            let mut length = [0; NAME_LENGTH_BYTES];
-            length.copy_from_slice(&fields[after..after + NAME_LENGTH_BYTES]);
-            let name_start = after + NAME_LENGTH_BYTES;
-            let name_end = name_start + u32::from_le_bytes(length) as usize;
-            (index, (name_start, name_end), Value::Stored(name_end, end))
+    let mut at = start + 1;
+    let mut name = (at, at);
+    if index == STORED_NAME {
+        let length = read_varint(fields, &mut at);
+        name = (at, at + length);
+        at = name.1;
+    }
+    let (index, value, end) = match index {
+        STORED_NAME | REASON_PHRASE => {
+            let length = read_varint(fields, &mut at);
+            (index, Value::Stored(at, at + length), at + length)
         }
-        REASON_PHRASE => (index, (after, after), Value::Stored(after, end)),
+        // The table's values are checked when packed; an unknown index is an empty value.
         _ if index & COMMON_VALUE != 0 => {
-            // The table's values are checked when packed; an unknown index is an empty value.
-            let value = field_values::common(fields[after]).unwrap_or_default();
-            (index & NAME_BITS, (after, after), Value::Common(value))
+            let value = field_values::common(fields[at]).unwrap_or_default();
+            (index & NAME_BITS, Value::Common(value), at + 1)
         }
         _ if index & HTTP_DATE != 0 => {
             let mut seconds = [0; 4];
-            seconds.copy_from_slice(&fields[after..after + 4]);
+            seconds.copy_from_slice(&fields[at..at + 4]);
             (
                 index & NAME_BITS,
-                (after, after),
                 Value::Date(u32::from_le_bytes(seconds)),
+                at + 4,
             )
         }
-        _ => (index, (after, after), Value::Stored(after, end)),
+        _ => {
+            let length = read_varint(fields, &mut at);
+            (index, Value::Stored(at, at + length), at + length)
+        }
+    };
+    Field {
+        index,
+        name,
+        value,
+        end,
     }
 }
 
@@ -310,18 +384,13 @@ fn name_index(name: &[u8]) -> u8 {
 }
 
 /// Upper bound of the bytes [`encode_record`] writes for `name: value`.
-fn record_len(index: u8, name: &[u8], value: &[u8]) -> usize {
-    let stored_name = match index {
-        STORED_NAME => NAME_LENGTH_BYTES + name.len(),
-        _ => 0,
-    };
-    1 + stored_name + value.len()
+fn record_len(name: &[u8], value: &[u8]) -> usize {
+    1 + VARINT_MAX + name.len() + VARINT_MAX + value.len()
 }
 
-/// Writes the record of the field `name: value` to `out`: its name index (`index`, its
-/// [`name_index`], or [`REASON_PHRASE`]), the name itself only when it is not a common one, and
-/// the value, in compact form when a common name's value has one. Equal fields make equal
-/// records.
+/// Writes the record of the field `name: value` to `out` (see [`decode`]): `index` is
+/// `name`'s [`name_index`], or [`REASON_PHRASE`]; a common name's value takes its compact
+/// form when it has one. Equal fields make equal records.
 fn encode_record(out: &mut Vec<u8>, index: u8, name: &[u8], value: &[u8]) {
     let common_name = index <= NAME_BITS;
     match field_values::compact(value).filter(|_| common_name) {
@@ -333,11 +402,41 @@ fn encode_record(out: &mut Vec<u8>, index: u8, name: &[u8], value: &[u8]) {
         None => {
             out.push(index);
             if index == STORED_NAME {
-                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                write_varint(out, name.len());
                 out.extend_from_slice(name);
             }
+            write_varint(out, value.len());
             out.extend_from_slice(value);
         }
+    }
+}
+
+/// The most bytes [`write_varint`] writes for a `u32`.
+const VARINT_MAX: usize = 5;
+
+/// Appends `value` seven bits at a time, low bits first, the high bit of each byte set when
+/// another follows (LEB128): lengths under 128 take one byte.
+fn write_varint(out: &mut Vec<u8>, value: usize) {
+    let mut value = value;
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads what [`write_varint`] wrote at `at`, moving `at` past it.
+fn read_varint(fields: &[u8], at: &mut usize) -> usize {
+    let mut value = 0;
+    let mut shift = 0;
+    loop {
+        let byte = fields[*at];
+        *at += 1;
+        value |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
     }
 }
 
@@ -379,7 +478,8 @@ mod tests {
             "a canonical reason is not stored"
         );
         assert_eq!(canonical.unpack().unwrap().get_reason_phrase(), Some("Not Found"));
-        let without_long = packed.weight() - (long_name.len() + 4 + 1 + NAME_LENGTH_BYTES + 8);
+        // Its record: index, name length (two bytes), name, value length, value.
+        let without_long = packed.weight() - (1 + 2 + long_name.len() + 1 + "long".len());
         assert!(without_long < 150, "{without_long}");
     }
 
@@ -406,8 +506,24 @@ mod tests {
         assert_eq!(packed.get("x-coding").as_deref(), Some(&b"gzip"[..]));
         // Two dates in five bytes each, two table values in two; the RFC 850 date and the
         // value of a stored name as sent.
-        let as_sent = (1 + "Wednesday, 02-Dec-26 15:23:16 GMT".len()) + (1 + 4 + "x-coding".len() + 4);
+        let as_sent = (2 + "Wednesday, 02-Dec-26 15:23:16 GMT".len()) + (2 + "x-coding".len() + 1 + 4);
         assert_eq!(packed.fields.len(), 2 * 5 + 2 * 2 + as_sent);
+    }
+
+    #[test]
+    fn a_field_repeated_word_for_word_is_stored_once() {
+        let link = "</a.css>; rel=preload";
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.append_header("link", link).unwrap();
+        header.append_header("x-a", "1").unwrap();
+        header.append_header("link", link).unwrap();
+        let packed = PackedHeader::pack(&header);
+        assert_eq!(packed.unpack().unwrap().headers, header.headers);
+        assert!(matches!(packed.records, Records::At(_)), "the repeat points back");
+        assert_eq!(packed.fields.len(), (2 + link.len()) + (2 + 3 + 2));
+        let plain = PackedHeader::pack(&ResponseHeader::build(200, None).unwrap());
+        assert!(matches!(plain.records, Records::Leading { len: 0, count: 0 }));
+        assert_eq!(plain.unpack().unwrap().headers.len(), 0);
     }
 
     #[test]
@@ -444,26 +560,24 @@ mod tests {
         let alone = PackedHeader::pack(&identity).weight();
         let added = packed[0].weight() - alone;
         // gzip adds its three fields: each a name index (all three names are common ones) and
-        // its value, `gzip` as an index into the table of common values; `odd` adds its reason
+        // its value's length and bytes, `gzip` as an index into the table of common values; `odd` adds its reason
         // phrase only: its field is the identity's.
-        let gzip_adds = (1 + "W/\"v1~gz\"".len()) + (1 + "900".len()) + 2;
-        assert_eq!(added, gzip_adds + 1 + "Nope".len());
+        let gzip_adds = (2 + "W/\"v1~gz\"".len()) + (2 + "900".len()) + 2;
+        assert_eq!(added, gzip_adds + 2 + "Nope".len());
     }
 
     #[test]
-    fn common_names_take_one_buffer_byte() {
-        assert!(COMMON_NAMES.len() < usize::from(REASON_PHRASE));
+    fn common_names_are_one_byte_and_leave_room_for_flags() {
+        assert!(COMMON_NAMES.len() <= usize::from(NAME_BITS));
         let mut header = ResponseHeader::build(200, None).unwrap();
         for (at, name) in COMMON_NAMES.iter().enumerate() {
             header.append_header(name.clone(), at.to_string()).unwrap();
         }
         let packed = PackedHeader::pack(&header);
-        let values: usize = (0..COMMON_NAMES.len()).map(|at| at.to_string().len()).sum();
-        assert_eq!(
-            packed.fields.len(),
-            values + COMMON_NAMES.len(),
-            "values and name indexes"
-        );
+        // Each record: the name index, the value's length and the value ("0" is a table value,
+        // one index byte instead).
+        let values: usize = (1..COMMON_NAMES.len()).map(|at| 2 + at.to_string().len()).sum();
+        assert_eq!(packed.fields.len(), 2 + values, "name indexes and values");
         assert_eq!(packed.unpack().unwrap().headers, header.headers);
         for name in &COMMON_NAMES {
             assert!(packed.get(name.as_str()).is_some(), "{name}");
