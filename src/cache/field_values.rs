@@ -8,7 +8,11 @@
 //! compacted: a date in another format, or with a day of the week that does not match, is
 //! stored as sent.
 
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::HeaderValue;
 
 /// Values common enough across origins to be worth a table entry.
 pub static COMMON_VALUES: [&str; 64] = [
@@ -112,6 +116,33 @@ pub fn render_date(seconds: u32) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds.into()))
 }
 
+/// Dates recently written out on this thread, in slots picked by a hash of their seconds (not
+/// the seconds modulo the slot count: dates a whole number of hours or days apart are common):
+/// the `Date` and `Last-Modified` of the objects hit most are written once, then shared.
+const RENDERED_SLOTS: usize = 16;
+
+thread_local! {
+    static RENDERED: RefCell<[Option<(u32, HeaderValue)>; RENDERED_SLOTS]> =
+        const { RefCell::new([const { None }; RENDERED_SLOTS]) };
+}
+
+/// The field value of the date `seconds` after the Unix epoch, as an IMF-fixdate.
+pub fn date_value(seconds: u32) -> HeaderValue {
+    RENDERED.with(|rendered| {
+        let mut rendered = rendered.borrow_mut();
+        let slot = &mut rendered[(seconds.wrapping_mul(0x9e37_79b9) >> 28) as usize % RENDERED_SLOTS];
+        match slot {
+            Some((at, value)) if *at == seconds => value.clone(),
+            _ => {
+                let value = HeaderValue::from_maybe_shared(Bytes::from(render_date(seconds)))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *slot = Some((seconds, value.clone()));
+                value
+            }
+        }
+    })
+}
+
 /// `value`'s seconds since the Unix epoch, if it is an IMF-fixdate that [`render_date`] writes
 /// back identically.
 fn compact_date(value: &[u8]) -> Option<u32> {
@@ -141,6 +172,13 @@ mod tests {
             b"Wed, 02 Dec 2026 15:23:16 UTC",
         ] {
             assert_eq!(compact(kept), None, "{}", String::from_utf8_lossy(kept));
+        }
+    }
+
+    #[test]
+    fn a_date_value_is_the_same_whether_written_or_reused() {
+        for seconds in [1_764_000_000, 1_764_003_600, 1_764_000_000, 1_764_003_600, 0] {
+            assert_eq!(date_value(seconds).as_bytes(), render_date(seconds).as_bytes());
         }
     }
 

@@ -183,9 +183,7 @@ impl PackedHeader {
             let value = match field.value {
                 Value::Stored(start, end) => HeaderValue::from_maybe_shared(self.fields.slice(start..end)),
                 Value::Common(common) => Ok(HeaderValue::from_static(common)),
-                Value::Date(seconds) => {
-                    HeaderValue::from_maybe_shared(Bytes::from(field_values::render_date(seconds)))
-                }
+                Value::Date(seconds) => Ok(field_values::date_value(seconds)),
             }
             .map_err(|_| Error::explain(ErrorType::InternalError, "stored header value"))?;
             headers.append(name, value);
