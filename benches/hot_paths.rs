@@ -94,7 +94,7 @@ fn storage(c: &mut Criterion) {
     });
     // The size side of a stored entry: what 1,000 entries of a 1 KiB response weigh, each.
     println!(
-        "stored entry (1 KiB body, 7 header fields): {} bytes charged against max_memory",
+        "stored entry (1 KiB body, 8 header fields): {} bytes charged against max_memory",
         storage.weighted_size() / storage.entry_count().max(1)
     );
     let mut i = 0;

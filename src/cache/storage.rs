@@ -6,7 +6,9 @@
 //! filling client was served) or when a client first accepts it, off the event loop for large
 //! bodies, and a fast first-pass brotli body is recompressed at maximum quality by a background
 //! thread once it is served. moka's weigher counts body,
-//! headers and a fixed overhead, which makes `max_memory` a true bound; its per-entry expiry
+//! headers, key, the entry and a fixed estimate of moka's own per-entry structures, which makes
+//! `max_memory` a bound (for 1 KiB objects the process grows about 12 % more than is charged:
+//! moka's part is larger than the estimate, and allocations round up); its per-entry expiry
 //! drops an entry once it can no longer be served or revalidated. pingora's eviction manager is
 //! not used: moka already evicts (TinyLFU admission, LRU eviction), and a full cache admits only
 //! keys that missed recently ([`super::admission`]).
@@ -40,7 +42,9 @@ use crate::config::CompressionSettings;
 use crate::lazy_thread::LazyThread;
 
 /// Bookkeeping bytes charged per entry on top of its bodies, headers and key: the entry itself,
-/// its `Arc`, the moka node and hash-table slot.
+/// its `Arc` counts, and an estimate of moka's structures for it (hash-table slot, key, entry
+/// information, LRU and expiry nodes), which measure nearer 300 bytes than 144: charging all of
+/// it would hold about 2 % fewer 8 KiB objects.
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 144;
 
 /// Entry weights are rounded up to this many bytes. moka admits a new entry to a full cache
