@@ -713,3 +713,47 @@ async fn purge_from_other_addresses_is_refused() {
     assert!(status.contains("hit"), "{status}");
     assert_eq!(origin.hits("/keep"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_field_values_come_back_byte_for_byte_on_hits() {
+    let origin = Origin::start().await;
+    // `Date` is stored too, but pingora's servers write the time of the response instead (see the
+    // README): it is sent, and checked only through the `Age` it yields.
+    let date = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+    let sent: Vec<(&str, String)> = vec![
+        ("last-modified", "Tue, 01 Dec 2026 08:00:00 GMT".into()),
+        // Not an IMF-fixdate that writes back the same (a wrong weekday, an RFC 850 date).
+        ("expires", "Thu, 02 Dec 2026 15:23:16 GMT".into()),
+        ("x-legacy-date", "Wednesday, 02-Dec-26 15:23:16 GMT".into()),
+        ("content-type", "text/plain; charset=utf-8".into()),
+        ("x-frame-options", "SAMEORIGIN".into()),
+        ("x-coding", "gzip".into()),
+    ];
+    let fields = sent.clone();
+    origin.route("/fields", move |_, _| {
+        let reply = Reply::ok("fields")
+            .header("cache-control", FRESH)
+            .header("date", &date);
+        fields
+            .iter()
+            .fold(reply, |reply, (name, value)| reply.header(name, value))
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    for expected in ["stored", "hit"] {
+        let resp = client().get(proxy.url("/fields")).send().await.unwrap();
+        assert!(cache_status(&resp).contains(expected), "{}", cache_status(&resp));
+        for (name, value) in &sent {
+            let got: Vec<_> = resp.headers().get_all(*name).iter().collect();
+            assert_eq!(got, [value.as_str()], "{name} on the {expected} response");
+        }
+        if expected == "hit" {
+            let age: u64 = resp.headers()["age"].to_str().unwrap().parse().unwrap();
+            assert!(
+                (29..=40).contains(&age),
+                "age {age} counts from the origin's Date"
+            );
+        }
+        assert_eq!(resp.text().await.unwrap(), "fields");
+    }
+    assert_eq!(origin.hits("/fields"), 1);
+}
