@@ -119,6 +119,9 @@ impl PackedHeader {
         let mut fields = Vec::with_capacity(first_len);
         let mut all_starts: Vec<Vec<u32>> = Vec::with_capacity(headers.len());
         let mut record = Vec::new();
+        // The first header's records lead the buffer in order unless one repeats an earlier
+        // one: then it needs no offsets.
+        let mut first_records = None;
         for header in headers {
             let mut starts = Vec::with_capacity(header.headers.len());
             for (index, name, value) in header_fields(header) {
@@ -139,9 +142,11 @@ impl PackedHeader {
                     start
                 }));
             }
+            if all_starts.is_empty() && starts.windows(2).all(|pair| pair[0] < pair[1]) {
+                first_records = u32::try_from(fields.len()).ok();
+            }
             all_starts.push(starts);
         }
-        let first_records = all_starts.first().and_then(|starts| leading_len(&fields, starts));
         // Trimmed to its length: `Bytes` keeps a `Vec`'s spare capacity, which `weight` would
         // not count.
         let fields = Bytes::from(fields.into_boxed_slice());
@@ -291,19 +296,6 @@ fn header_fields<'h>(header: &'h ResponseHeader) -> impl Iterator<Item = (u8, &'
     reason.into_iter().chain(named)
 }
 
-/// The length of the first header's records when they lead the buffer in order (none of them
-/// repeats an earlier one), so the header needs no offsets.
-fn leading_len(fields: &[u8], starts: &[u32]) -> Option<u32> {
-    let mut expected = 0;
-    for &start in starts {
-        if start as usize != expected {
-            return None;
-        }
-        expected = decode(fields, expected).end;
-    }
-    u32::try_from(expected).ok()
-}
-
 /// A field's value as its record holds it.
 #[derive(Debug, Clone, Copy)]
 enum Value {
@@ -340,17 +332,18 @@ fn decode(fields: &[u8], start: usize) -> Field {
         name = (at, at + length);
         at = name.1;
     }
-    let (index, value, end) = match index {
-        STORED_NAME | REASON_PHRASE => {
-            let length = read_varint(fields, &mut at);
-            (index, Value::Stored(at, at + length), at + length)
-        }
+    // Only a common name's index carries flags.
+    let flags = match index {
+        STORED_NAME | REASON_PHRASE => 0,
+        _ => index & !NAME_BITS,
+    };
+    let (index, value, end) = match flags {
         // The table's values are checked when packed; an unknown index is an empty value.
-        _ if index & COMMON_VALUE != 0 => {
+        COMMON_VALUE => {
             let value = field_values::common(fields[at]).unwrap_or_default();
             (index & NAME_BITS, Value::Common(value), at + 1)
         }
-        _ if index & HTTP_DATE != 0 => {
+        HTTP_DATE => {
             let mut seconds = [0; 4];
             seconds.copy_from_slice(&fields[at..at + 4]);
             (
