@@ -185,6 +185,47 @@ async fn no_store_and_private_are_not_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_whose_origin_stops_refusing_storage_is_cached_again() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let origin = Origin::start().await;
+    let refusing = Arc::new(AtomicBool::new(true));
+    let flag = refusing.clone();
+    origin.route("/flip", move |_, _| {
+        let directives = if flag.load(SeqCst) { "no-store" } else { FRESH };
+        Reply::ok("flip").header("cache-control", directives)
+    });
+    let proxy = Proxy::for_origin(&origin, "");
+    let (_, first, _) = get(&proxy, "/flip", &[]).await;
+    assert!(
+        first.contains("fwd=uri-miss") && !first.contains("stored"),
+        "{first}"
+    );
+    for _ in 0..3 {
+        let (code, again, body) = get(&proxy, "/flip", &[]).await;
+        assert_eq!(
+            (code, again.as_str(), body.as_str()),
+            (200, first.as_str(), "flip")
+        );
+    }
+    assert_eq!(
+        origin.hits("/flip"),
+        4,
+        "every request for a refused URL reaches the origin"
+    );
+
+    refusing.store(false, SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&proxy, "/flip", &[]).await.1);
+    }
+    assert!(statuses[2].contains("hit"), "{statuses:?}");
+    let fetched = origin.hits("/flip");
+    get(&proxy, "/flip", &[]).await;
+    assert_eq!(origin.hits("/flip"), fetched, "served from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_is_stored_and_revalidated_every_time() {
     let origin = Origin::start().await;
     origin.route("/nc", |seen, _| {

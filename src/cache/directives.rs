@@ -136,6 +136,50 @@ pub fn freshness_is_unreliable(resp: &ResponseHeader) -> bool {
     false
 }
 
+/// Whether the origin plainly refuses to let `resp` be stored: no `CDN-Cache-Control` (which
+/// would take precedence) and a `Cache-Control` with a bare `private`, or a bare `no-store`
+/// without `must-understand` (RFC 9111 §5.2.2.3). A cheap check for a response whose URL was
+/// refused before, that errs towards `false`: anything less plain goes through the full policy.
+pub fn refuses_storage(resp: &ResponseHeader) -> bool {
+    if resp.headers.contains_key(&CDN_CACHE_CONTROL_NAME) {
+        return false;
+    }
+    let (mut refused, mut must_understand, mut private) = (false, false, false);
+    for line in resp.headers.get_all(http::header::CACHE_CONTROL) {
+        for directive in unquoted_items(line.as_bytes()) {
+            let (name, bare) = match directive.iter().position(|&byte| byte == b'=') {
+                Some(at) => (&directive[..at], false),
+                None => (directive, true),
+            };
+            let name = name.trim_ascii();
+            if name.eq_ignore_ascii_case(b"must-understand") {
+                must_understand = true;
+            } else if bare && name.eq_ignore_ascii_case(b"no-store") {
+                refused = true;
+            } else if bare && name.eq_ignore_ascii_case(b"private") {
+                private = true;
+            }
+        }
+    }
+    private || (refused && !must_understand)
+}
+
+/// The members of a comma- or semicolon-separated list, skipping separators inside quoted
+/// strings (with their backslash escapes).
+fn unquoted_items(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (mut quoted, mut escaped) = (false, false);
+    line.split(move |&byte| {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' | b';' if !quoted => return true,
+            _ => {}
+        }
+        false
+    })
+}
+
 /// The `Age` the response arrived with, in seconds: the first member, across field lines, that
 /// is a non-negative integer (RFC 9111 §5.1); invalid members are skipped.
 pub fn age_seconds(resp: &ResponseHeader) -> Option<u64> {
@@ -187,6 +231,32 @@ mod tests {
         assert!(!cc.no_store());
         assert!(!cc.private());
         assert!(cc.private_field_names().is_some());
+    }
+
+    #[test]
+    fn plain_refusals_are_told_apart_from_what_the_full_policy_must_judge() {
+        let refuses = |cc: &'static str| refuses_storage(&resp(&[("cache-control", cc)]));
+        for plain in [
+            "no-store",
+            "No-Store",
+            "max-age=60, private",
+            "public;no-store",
+            "x=\"a\\\"\", no-store",
+        ] {
+            assert!(refuses(plain), "{plain}");
+        }
+        for judged in [
+            "max-age=60",
+            "no-store, must-understand",
+            "private=\"set-cookie\"",
+            "no-cache=\"a, no-store, b\"",
+            "x-no-store",
+        ] {
+            assert!(!refuses(judged), "{judged}");
+        }
+        let targeted = resp(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")]);
+        assert!(!refuses_storage(&targeted));
+        assert!(!refuses_storage(&resp(&[])));
     }
 
     #[test]

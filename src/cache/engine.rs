@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::cache::predictor::Predictor;
-use pingora::cache::{CacheOptionOverrides, HttpCache};
+use pingora::cache::predictor::{CacheablePredictor, Predictor};
+use pingora::cache::{CacheKey, CacheOptionOverrides, HttpCache, NoCacheReason};
 
 use super::policy;
 use super::storage::MokaStorage;
@@ -63,5 +63,19 @@ impl CacheEngine {
             Some(overrides),
         );
         cache.set_max_file_size_bytes(self.max_object_size);
+    }
+
+    /// Whether the last response for `key` was refused storage by its origin (`no-store`,
+    /// `private`): a request for it then skips the cache altogether. pingora would otherwise
+    /// set up a lookup only to bypass it and judge the response again, the bulk of what a
+    /// cache costs a pass-through request.
+    pub fn origin_refused(&self, key: &CacheKey) -> bool {
+        self.predictor.predicted_uncacheable_reason(key) == Some(NoCacheReason::OriginNotCache)
+    }
+
+    /// Forgets that `key`'s origin refused storage: its next request goes through the cache,
+    /// where its response is judged (and stored) again.
+    pub fn forget_refusal(&self, key: &CacheKey) {
+        self.predictor.mark_cacheable(key);
     }
 }

@@ -215,8 +215,16 @@ impl CompressionPolicy {
             return false;
         };
         let Ok(value) = value.to_str() else { return false };
-        let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        !NEVER_COMPRESSED.contains(&essence.as_str()) && self.types.iter().any(|t| t.matches(&essence))
+        let essence = value.split(';').next().unwrap_or("").trim();
+        if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.compressible_essence(&essence.to_ascii_lowercase());
+        }
+        self.compressible_essence(essence)
+    }
+
+    /// Whether a lower-case media type (no parameters) is one this site compresses.
+    fn compressible_essence(&self, essence: &str) -> bool {
+        !NEVER_COMPRESSED.contains(&essence) && self.types.iter().any(|t| t.matches(essence))
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Route {
 pub struct CacheTrace {
     /// Caching was enabled for this request.
     pub enabled: bool,
+    /// Caching was skipped: the URL's origin refused storage last time (see
+    /// [`crate::cache::CacheEngine::origin_refused`]).
+    pub skipped_refused: bool,
     /// A stored response was found (fresh or not).
     pub found: bool,
     /// A stored response existed for the URL but the variant had to be looked up.

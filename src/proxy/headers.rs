@@ -21,12 +21,13 @@ const HOP_BY_HOP: [&str; 6] = [
     "te",
 ];
 
-/// Names listed in `Connection`, which are hop-by-hop for this message.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+/// Names listed in `Connection` that the message holds and [`HOP_BY_HOP`] does not cover:
+/// hop-by-hop for this message too.
+fn connection_listed(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
     field_list::items(headers, CONNECTION)
+        .filter(|name| !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .filter(|name| name != "transfer-encoding" && name != "upgrade")
-        .collect()
+        .filter(|name| name != "transfer-encoding" && name != "upgrade" && headers.contains_key(name))
 }
 
 /// Whether `headers` holds a hop-by-hop header (or `Upgrade`): one pass over the names, so the
@@ -41,13 +42,12 @@ fn is_hop_by_hop_or_upgrade(name: &HeaderName) -> bool {
 
 /// The hop-by-hop headers `headers` holds (with `Upgrade`), and those its `Connection` lists.
 fn present_hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names = connection_listed(headers);
-    names.extend(
-        headers
-            .keys()
-            .filter(|name| is_hop_by_hop_or_upgrade(name))
-            .cloned(),
-    );
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop_or_upgrade(name))
+        .cloned()
+        .collect();
+    names.extend(connection_listed(headers));
     names
 }
 
@@ -112,6 +112,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`, set on every forwarded request.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Whether `req` carries exactly one `Host` field, equal to `authority`.
+fn has_host(req: &RequestHeader, authority: &str) -> bool {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    hosts
+        .next()
+        .is_some_and(|host| host.as_bytes() == authority.as_bytes())
+        && hosts.next().is_none()
+}
+
 /// Makes a client's request fit to forward: origin-form URI with a `Host` (whatever the
 /// client's protocol), exactly the authority the response is cached under, no hop-by-hop
 /// headers, one `Content-Length`, `Via` and `X-Forwarded-*`.
@@ -137,7 +146,10 @@ pub fn prepare_for_origin(
     }
     // The origin gets exactly the authority the response is cached under.
     match &ctx.route.target {
-        Some(target) => upstream_request.insert_header(http::header::HOST, &target.authority)?,
+        Some(target) if !has_host(upstream_request, &target.authority) => {
+            upstream_request.insert_header(http::header::HOST, &target.authority)?
+        }
+        Some(_) => {}
         None if upstream_request.headers.get(http::header::HOST).is_none() => {
             if let Some(host) = ctx.site().and_then(|s| s.settings.hosts.first()) {
                 upstream_request.insert_header(http::header::HOST, host)?;

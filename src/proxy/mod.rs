@@ -37,7 +37,7 @@ use pingora::{Error, ErrorSource, ErrorType, OkOrErr, Result};
 
 use crate::cache::failed_refreshes::FailedRefreshes;
 use crate::cache::policy;
-use crate::cache::{cache_key, codings, invalidation, vary, CacheEngine};
+use crate::cache::{cache_key, codings, directives, invalidation, vary, CacheEngine};
 use crate::events::EventSink;
 use crate::metrics::Metrics;
 use crate::purge::{PurgeReport, PurgeVia};
@@ -119,12 +119,20 @@ impl ProxyHttp for EdgeProxy {
         route::route(session, ctx).await
     }
 
-    /// Enables the cache for safe requests to caching sites.
+    /// Enables the cache for safe requests to caching sites, unless the URL's origin refused
+    /// storage last time.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        if let Some(wait_for_fills) = route::cache_use(session, ctx) {
-            self.cache.enable(&mut session.cache, wait_for_fills);
-            ctx.cache.enabled = true;
+        let Some(wait_for_fills) = route::cache_use(session, ctx) else {
+            return Ok(());
+        };
+        ctx.cache.enabled = true;
+        if let (Some(target), false) = (&ctx.route.target, ctx.route.purge) {
+            if self.cache.origin_refused(&cache_key(target)) {
+                ctx.cache.skipped_refused = true;
+                return Ok(());
+            }
         }
+        self.cache.enable(&mut session.cache, wait_for_fills);
         Ok(())
     }
 
@@ -304,6 +312,11 @@ impl ProxyHttp for EdgeProxy {
             resp.insert_header(http::header::CONTENT_LENGTH, length)?;
         }
         encoding::note_origin_response(session.req_header(), resp, ctx);
+        if ctx.cache.skipped_refused && !directives::refuses_storage(resp) {
+            if let Some(target) = &ctx.route.target {
+                self.cache.forget_refusal(&cache_key(target));
+            }
+        }
         if resp.status == http::StatusCode::NOT_MODIFIED {
             encoding::keep_stored_etag(resp, session.cache.maybe_cache_meta());
             ctx.upstream.not_modified = Some(resp.headers.clone());
