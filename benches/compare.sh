@@ -21,6 +21,11 @@
 # interleaved (every contender for a row, then the next row) so all see the same machine noise;
 # the summary shows medians and ratios within this run only.
 #
+# The contender `pingora` is pingora's HTTP proxy with nothing added (benches/pingora_alone.rs,
+# built here with `cargo bench --no-run`): it runs the pass-1k row only, and shows what part of
+# the pass-through cost is pingora's own request loop:
+#   CONTENDERS="edgecache pingora nginx" ROWS=pass-1k bash benches/compare.sh
+#
 # Rows:
 #   hit-1k, hit-64k   cached object, wrk 1 thread, CONNECTIONS connections
 #   pass-1k           origin says no-store: every request goes to the origin
@@ -53,7 +58,7 @@ OUT=${OUT:-$ROOT/target/compare-$(date +%Y%m%d-%H%M%S)}
 
 ORIGIN_PORT=$BASE_PORT
 declare -A PORT=([edgecache]=$((BASE_PORT + 1)) [nginx]=$((BASE_PORT + 2)) [varnish]=$((BASE_PORT + 3))
-  [edgecache-log]=$((BASE_PORT + 4)) [nginx-log]=$((BASE_PORT + 5)))
+  [edgecache-log]=$((BASE_PORT + 4)) [nginx-log]=$((BASE_PORT + 5)) [pingora]=$((BASE_PORT + 6)))
 declare -A TLS_PORT=([edgecache]=$((BASE_PORT + 11)) [nginx]=$((BASE_PORT + 12))
   [edgecache-log]=$((BASE_PORT + 14)) [nginx-log]=$((BASE_PORT + 15)))
 NGINX_CACHE=/dev/shm/edgecache-compare-nginx-$BASE_PORT
@@ -199,6 +204,15 @@ EOF
   SERVER_PID[varnish]=$!
 }
 
+start_pingora() {
+  local bin
+  bin=$(cd "$ROOT" && cargo bench --no-run --bench pingora_alone --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin)
+      if m.get("executable") and m["target"]["name"] == "pingora_alone"))')
+  "${SERVER_PIN[@]}" "$bin" "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$ORIGIN_PORT" >pingora.out 2>&1 & PIDS+=($!)
+  SERVER_PID[pingora]=$!
+}
+
 # All processes of a contender (for CPU and memory): the server and its children (workers).
 pids_of() { local root=${SERVER_PID[$1]}; echo "$root" $(pgrep -P "$root"); }
 cpu_ticks() { local t=0; for p in $(pids_of "$1"); do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
@@ -291,6 +305,7 @@ for round in $(seq "$ROUNDS"); do
     [ "$row" = mem-1k ] && [ "$round" -gt 1 ] && continue
     for who in $CONTENDERS; do
       [ "$row" = h2-hit-1k ] && [ -z "${TLS_PORT[$who]:-}" ] && continue
+      [ "$who" = pingora ] && [ "$row" != pass-1k ] && continue  # it caches nothing
       if [ "$row" = mem-1k ]; then result=$(measure_memory "$who"); else result=$(measure "$who" "$row"); fi
       read -r rps p99 cpu <<<"$result"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$row" "$who" "$rps" "$p99" "$cpu" >> results.tsv
@@ -326,6 +341,15 @@ for row, by in rows.items():
             cells.append(f"{v/1000:.1f}k ({', '.join(extra)})")
     ratio = lambda o: f"{value['edgecache']/value[o]:.2f}×" if value.get("edgecache") and value.get(o) else "—"
     print(f"| {row} | {' | '.join(cells)} | {ratio('nginx')} | {ratio('varnish')} |")
+alone = rows.get("pass-1k", {})
+if "pingora" in alone:
+    rate = {who: med(rs, "req_per_s") for who, rs in alone.items()}
+    div = lambda a, b: f"{rate[a]/rate[b]:.2f}×" if rate.get(a) and rate.get(b) else "—"
+    print()
+    print("| row | pingora alone | pingora alone / nginx | edgecache / pingora alone |")
+    print("|---|---|---|---|")
+    print(f"| pass-1k | {rate['pingora']/1000:.1f}k ({med(alone['pingora'], 'cpu_us_per_req'):.0f} µs CPU) "
+          f"| {div('pingora', 'nginx')} | {div('edgecache', 'pingora')} |")
 if any(who.endswith("-log") for by in rows.values() for who in by):
     print()
     print("| row | edgecache logging | edgecache / itself unlogged | nginx logging | nginx / itself unlogged | edgecache / nginx, both logging |")
