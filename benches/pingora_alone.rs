@@ -12,6 +12,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
 
+/// The allocator edgecache runs on, so that the two differ only in what edgecache adds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Forwards every request to the origin at this address.
 struct ForwardAll(String);
 

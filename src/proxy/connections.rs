@@ -30,9 +30,11 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +45,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Digest, GetSocketDigest, Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use pingora_timeout::Elapsed;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
@@ -429,26 +432,19 @@ where
         let serve = self.app.process_new_http(session, shutdown);
         HEADER_READ
             .scope(Cell::new(false), async {
-                let deadline = async {
-                    pingora_timeout::sleep(header_deadline).await;
-                    if HEADER_READ.with(Cell::get) {
-                        std::future::pending::<()>().await;
+                let reused = match until_header_deadline(serve, header_deadline).await {
+                    Ok(reused) => reused,
+                    Err(_) => {
+                        self.table.counters.timed_out("header");
+                        return None;
                     }
                 };
-                tokio::select! {
-                    reused = serve => {
-                        // A request began (its first byte was read) but never reached the proxy.
-                        if reused.is_none() && !HEADER_READ.with(Cell::get) && !*shutdown.borrow() {
-                            self.table.counters.client_error();
-                            (self.rejected)(client, "HTTP/1.1");
-                        }
-                        reused
-                    }
-                    _ = deadline => {
-                        self.table.counters.timed_out("header");
-                        None
-                    }
+                // A request began (its first byte was read) but never reached the proxy.
+                if reused.is_none() && !HEADER_READ.with(Cell::get) && !*shutdown.borrow() {
+                    self.table.counters.client_error();
+                    (self.rejected)(client, "HTTP/1.1");
                 }
+                reused
             })
             .await
     }
@@ -564,6 +560,30 @@ where
     async fn cleanup(&self) {
         pingora_timeout::sleep(DRAIN_IDLE + DRAIN_HEADER).await;
         self.app.http_cleanup().await;
+    }
+}
+
+/// Runs `serve` (within a [`HEADER_READ`] scope), failing it when its request header has not
+/// been read within `deadline`. The deadline's timer is only armed when the first poll of
+/// `serve` did not already read the header: mostly the whole header is in the socket buffer by
+/// the time a request starts, and then no timer is created, moved or cancelled at all.
+async fn until_header_deadline<F: Future>(serve: F, deadline: Duration) -> Result<F::Output, Elapsed> {
+    let mut serve = std::pin::pin!(serve);
+    if let Poll::Ready(output) = std::future::poll_fn(|cx| Poll::Ready(serve.as_mut().poll(cx))).await {
+        return Ok(output);
+    }
+    if HEADER_READ.with(Cell::get) {
+        return Ok(serve.await);
+    }
+    let expired = async {
+        pingora_timeout::sleep(deadline).await;
+        if HEADER_READ.with(Cell::get) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        output = serve => Ok(output),
+        _ = expired => Err(Elapsed),
     }
 }
 
