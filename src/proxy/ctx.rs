@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use pingora::cache::CacheKey;
+
 use crate::runtime::{Route as Rule, Runtime, Site};
 
 use crate::cache::CacheTarget;
@@ -88,6 +90,9 @@ pub struct CacheTrace {
     /// Caching was skipped: the URL's origin refused storage last time (see
     /// [`crate::cache::CacheEngine::origin_refused`]).
     pub skipped_refused: bool,
+    /// The cache key made (and hashed) when the request entered the cache, to ask whether its
+    /// origin refused storage; handed on to pingora as the request's key, so it is made once.
+    pub key: Option<CacheKey>,
     /// A stored response was found (fresh or not).
     pub found: bool,
     /// A stored response existed for the URL but the variant had to be looked up.

@@ -127,10 +127,12 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.cache.enabled = true;
         if let (Some(target), false) = (&ctx.route.target, ctx.route.purge) {
-            if self.cache.origin_refused(&cache_key(target)) {
+            let key = cache_key(target);
+            if self.cache.origin_refused(&key) {
                 ctx.cache.skipped_refused = true;
                 return Ok(());
             }
+            ctx.cache.key = Some(key);
         }
         self.cache.enable(&mut session.cache, wait_for_fills);
         Ok(())
@@ -173,7 +175,7 @@ impl ProxyHttp for EdgeProxy {
             .target
             .as_ref()
             .or_err(ErrorType::InternalError, "cache enabled without a target")?;
-        let mut key = cache_key(target);
+        let mut key = ctx.cache.key.take().unwrap_or_else(|| cache_key(target));
         key.extensions.insert(ctx.cache.fill_start.clone());
         let tag = codings::user_tag(ctx.encoding.compress, ctx.encoding.accepted);
         if !tag.is_empty() {
