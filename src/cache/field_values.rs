@@ -9,6 +9,9 @@
 //! stored as sent.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -99,11 +102,20 @@ pub fn compact(value: &[u8]) -> Option<Compact> {
     if value.len() == HTTP_DATE_LEN {
         return compact_date(value).map(Compact::Date);
     }
-    COMMON_VALUES
-        .iter()
-        .position(|common| common.as_bytes() == value)
-        .and_then(|index| u8::try_from(index).ok())
-        .map(Compact::Common)
+    common_indexes().get(value).copied().map(Compact::Common)
+}
+
+/// The index of each of [`COMMON_VALUES`], by value: a stored field is looked up once, not
+/// compared with the whole table.
+fn common_indexes() -> &'static HashMap<&'static [u8], u8> {
+    static INDEXES: OnceLock<HashMap<&'static [u8], u8>> = OnceLock::new();
+    INDEXES.get_or_init(|| {
+        COMMON_VALUES
+            .iter()
+            .zip(0..=u8::MAX)
+            .map(|(value, index)| (value.as_bytes(), index))
+            .collect()
+    })
 }
 
 /// The table value at `index`.
@@ -149,7 +161,12 @@ fn compact_date(value: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(value).ok()?;
     let date: SystemTime = httpdate::parse_http_date(text).ok()?;
     let seconds = u32::try_from(date.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
-    (render_date(seconds).as_bytes() == value).then_some(seconds)
+    // Written back into a buffer of the value's length: a longer rendering fails to fit.
+    let mut rendered = [0u8; HTTP_DATE_LEN];
+    let mut out = &mut rendered[..];
+    let canonical = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(seconds.into()));
+    write!(out, "{canonical}").ok()?;
+    (out.is_empty() && rendered[..] == *value).then_some(seconds)
 }
 
 #[cfg(test)]

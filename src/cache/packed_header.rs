@@ -289,10 +289,10 @@ fn header_fields<'h>(header: &'h ResponseHeader) -> impl Iterator<Item = (u8, &'
         .get_reason_phrase()
         .filter(|&reason| Some(reason) != header.status.canonical_reason())
         .map(|reason| (REASON_PHRASE, &b""[..], reason.as_bytes()));
-    let named = header.headers.iter().map(|(name, value)| {
-        let name = name.as_str().as_bytes();
-        (name_index(name), name, value.as_bytes())
-    });
+    let named = header
+        .headers
+        .iter()
+        .map(|(name, value)| (name_index(name), name.as_str().as_bytes(), value.as_bytes()));
     reason.into_iter().chain(named)
 }
 
@@ -365,11 +365,12 @@ fn decode(fields: &[u8], start: usize) -> Field {
     }
 }
 
-/// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`].
-fn name_index(name: &[u8]) -> u8 {
+/// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`]. Names are compared as
+/// `HeaderName`s: two standard names compare by their tag, not their text.
+fn name_index(name: &HeaderName) -> u8 {
     COMMON_NAMES
         .iter()
-        .position(|common| common.as_str().as_bytes() == name)
+        .position(|common| common == name)
         .and_then(|index| u8::try_from(index).ok())
         .unwrap_or(STORED_NAME)
 }
