@@ -11,6 +11,8 @@
 //! field once.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::header;
@@ -365,14 +367,17 @@ fn decode(fields: &[u8], start: usize) -> Field {
     }
 }
 
-/// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`]. Names are compared as
-/// `HeaderName`s: two standard names compare by their tag, not their text.
+/// The index of `name` in [`COMMON_NAMES`], or [`STORED_NAME`].
 fn name_index(name: &HeaderName) -> u8 {
-    COMMON_NAMES
-        .iter()
-        .position(|common| common == name)
-        .and_then(|index| u8::try_from(index).ok())
-        .unwrap_or(STORED_NAME)
+    static INDEXES: OnceLock<HashMap<&'static str, u8>> = OnceLock::new();
+    let indexes = INDEXES.get_or_init(|| {
+        COMMON_NAMES
+            .iter()
+            .zip(0..NAME_BITS)
+            .map(|(common, index)| (common.as_str(), index))
+            .collect()
+    });
+    indexes.get(name.as_str()).copied().unwrap_or(STORED_NAME)
 }
 
 /// Upper bound of the bytes [`encode_record`] writes for `name: value`.

@@ -611,12 +611,12 @@ struct PipelinedPrefixFinder {
 
 impl std::fmt::Write for PipelinedPrefixFinder {
     fn write_str(&mut self, piece: &str) -> std::fmt::Result {
-        if piece == "pipelined_prefix" {
-            self.at_field = true;
+        if !self.at_field {
+            self.at_field = piece == "pipelined_prefix";
             return Ok(());
         }
         let value = piece.trim_start_matches([':', ' ']);
-        if !self.at_field || value.is_empty() {
+        if value.is_empty() {
             return Ok(());
         }
         self.found = Some(value.starts_with("Some"));
