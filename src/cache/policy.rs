@@ -116,8 +116,8 @@ impl CachePolicy {
         }
         let status = resp.status.as_u16();
         let cc = response_cache_control(resp);
-        let explicit =
-            cc.as_ref().and_then(|cc| cc.fresh_duration()).is_some() || resp.headers.contains_key("expires");
+        let cc_lifetime = cc.as_ref().and_then(|cc| cc.fresh_duration());
+        let explicit = cc_lifetime.is_some() || resp.headers.contains_key("expires");
         let heuristic = HEURISTIC_STATUSES.contains(&status);
         if !storable_status(status) || !(explicit || heuristic) {
             // A server error is transient: it must not teach the predictor to bypass the cache
@@ -154,7 +154,7 @@ impl CachePolicy {
         if resp.headers.contains_key("set-cookie") && !strips_set_cookie(cc.as_ref()) {
             return custom(reason::SET_COOKIE);
         }
-        let Some(lifetime) = self.freshness_lifetime(cc.as_ref(), resp, now, ttl) else {
+        let Some(lifetime) = self.freshness_lifetime(cc_lifetime, resp, now, ttl) else {
             return custom(reason::NO_LIFETIME);
         };
         // The entry is admitted now (pingora orders Vary variants and purges by admission time),
@@ -186,10 +186,10 @@ impl CachePolicy {
     }
 
     /// The freshness lifetime (RFC 9111 §4.2.1), or `None` when the response gives none and no
-    /// heuristic applies.
+    /// heuristic applies. `cc_lifetime` is the one its cache directives give, if they do.
     fn freshness_lifetime(
         &self,
-        cc: Option<&CacheControl>,
+        cc_lifetime: Option<Duration>,
         resp: &ResponseHeader,
         now: SystemTime,
         ttl: RuleTtl,
@@ -200,7 +200,7 @@ impl CachePolicy {
         if directives::freshness_is_unreliable(resp) {
             return Some(Duration::ZERO);
         }
-        if let Some(ttl) = cc.and_then(|cc| cc.fresh_duration()) {
+        if let Some(ttl) = cc_lifetime {
             return Some(ttl);
         }
         if resp.headers.contains_key("expires") {

@@ -283,7 +283,10 @@ pub fn add_vary_accept_encoding(header: &mut ResponseHeader) -> pingora::Result<
     let listed = field_list::items(&header.headers, http::header::VARY)
         .any(|name| name == "*" || name.eq_ignore_ascii_case("accept-encoding"));
     if !listed {
-        header.append_header(http::header::VARY, "Accept-Encoding")?;
+        header.append_header(
+            http::header::VARY,
+            http::HeaderValue::from_static("Accept-Encoding"),
+        )?;
     }
     Ok(())
 }
