@@ -206,9 +206,13 @@ EOF
 
 start_pingora() {
   local bin
-  bin=$(cd "$ROOT" && cargo bench --no-run --bench pingora_alone --message-format=json 2>/dev/null |
-    python3 -c 'import json, sys; print(next(m["executable"] for m in map(json.loads, sys.stdin)
-      if m.get("executable") and m["target"]["name"] == "pingora_alone"))')
+  # Every message is read (leaving early would fail cargo's last write and, with pipefail, the run).
+  bin=$(cd "$ROOT" && cargo bench --no-run --bench pingora_alone --message-format=json 2>"$OUT/pingora-build.log" |
+    python3 -c 'import json, sys
+found = [m["executable"] for m in map(json.loads, sys.stdin)
+         if m.get("executable") and m["target"]["name"] == "pingora_alone"]
+print(found[-1] if found else "")') || true
+  [ -n "$bin" ] || { echo "could not build benches/pingora_alone.rs: see $OUT/pingora-build.log" >&2; exit 1; }
   "${SERVER_PIN[@]}" "$bin" "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$ORIGIN_PORT" >pingora.out 2>&1 & PIDS+=($!)
   SERVER_PID[pingora]=$!
 }
