@@ -125,7 +125,12 @@ pub fn common(index: u8) -> Option<&'static str> {
 
 /// The date `seconds` after the Unix epoch, as an IMF-fixdate.
 pub fn render_date(seconds: u32) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds.into()))
+    http_date(seconds).to_string()
+}
+
+/// The date `seconds` after the Unix epoch, ready to be written out.
+fn http_date(seconds: u32) -> httpdate::HttpDate {
+    httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(seconds.into()))
 }
 
 /// Dates recently written out on this thread, in slots picked by a hash of their seconds (not
@@ -164,8 +169,7 @@ fn compact_date(value: &[u8]) -> Option<u32> {
     // Written back into a buffer of the value's length: a longer rendering fails to fit.
     let mut rendered = [0u8; HTTP_DATE_LEN];
     let mut out = &mut rendered[..];
-    let canonical = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(seconds.into()));
-    write!(out, "{canonical}").ok()?;
+    write!(out, "{}", http_date(seconds)).ok()?;
     (out.is_empty() && rendered[..] == *value).then_some(seconds)
 }
 
